@@ -1,0 +1,8 @@
+"""darknet_py: darknet's .cfg and .weights, first-class in PyTorch."""
+from .cfg import Cfg, Section, parse_cfg, write_cfg
+from .errors import CfgError, ConvertError, DarknetError, DataError, UnsupportedLayerError, WeightsError
+from .model import Darknet
+
+__all__ = ["Darknet", "DarknetError", "CfgError", "WeightsError", "ConvertError", "DataError",
+           "UnsupportedLayerError", "Cfg", "Section", "parse_cfg", "write_cfg"]
+__version__ = "0.1.0"

@@ -1,0 +1,45 @@
+"""One error hierarchy for everything darknet_py rejects.
+
+Every error names the file and, where it applies, the line (cfg) or the layer
+and byte offset (weights), so a user can fix the input without a traceback.
+"""
+from __future__ import annotations
+
+
+class DarknetError(Exception):
+    """Base class of every error darknet_py raises on bad input."""
+
+
+class CfgError(DarknetError):
+    """A cfg file that darknet would reject or misread.
+
+    Attributes: ``file`` (path or ``"<string>"``), ``line`` (1-based or None).
+    """
+
+    def __init__(self, message: str, file: str | None = None, line: int | None = None):
+        self.file = file
+        self.line = line
+        where = file or "<cfg>"
+        if line is not None:
+            where = f"{where}:{line}"
+        super().__init__(f"{where}: {message}")
+
+
+class UnsupportedLayerError(CfgError):
+    """A section darknet knows but darknet_py cannot build (e.g. recurrent layers)."""
+
+
+class WeightsError(DarknetError):
+    """A weights file that does not fit its cfg (truncated, trailing bytes, bad header...)."""
+
+    def __init__(self, message: str, file: str | None = None):
+        self.file = file
+        super().__init__(f"{file or '<weights>'}: {message}")
+
+
+class ConvertError(DarknetError):
+    """A conversion that cannot be done exactly (format mismatch, unsupported ONNX op...)."""
+
+
+class DataError(DarknetError):
+    """A dataset file (labels, list, .data) that cannot be read as darknet would."""

@@ -1,0 +1,139 @@
+"""``Darknet``: an ``nn.Module`` built from a cfg, one module per darknet layer."""
+from __future__ import annotations
+
+import os
+from typing import Iterable
+
+import torch
+from torch import Tensor, nn
+
+from . import layers as _layers  # noqa: F401  (registers the builders)
+from .builder import BuildContext, Shape, build_layer
+from .cfg import Cfg, Section, parse_cfg
+from .layers.base import DarknetLayer
+from .weights import DEFAULT_VERSION, Header, LoadReport, load_weights, save_weights
+
+
+class Darknet(nn.Module):
+    """A darknet network.
+
+    ``Darknet(cfg, width=None, height=None, dialect="auto")``: ``cfg`` is a path,
+    cfg text or a parsed :class:`~darknet_py.cfg.Cfg`.  ``module_list[i]`` is
+    darknet layer ``i``; ``shapes[i]`` its output (c, h, w).
+
+    ``forward(x)`` takes ``Tensor[N, C, H, W]`` and returns the list of head
+    outputs (darknet's ``l.output`` in eval mode, the raw head inputs in train
+    mode); a network without heads returns ``[output of the last layer]``.
+    """
+
+    def __init__(self, cfg: str | os.PathLike | Cfg, width: int | None = None,
+                 height: int | None = None, dialect: str = "auto"):
+        super().__init__()
+        if not isinstance(cfg, Cfg):
+            cfg = parse_cfg(cfg, dialect=dialect)
+        self.cfg = cfg
+        self.dialect = cfg.dialect
+        net = cfg.net
+        w = width or net["width"]
+        h = height or net["height"]
+        c = net["channels"]
+        if not (w > 0 and h > 0 and c > 0):
+            if net["inputs"] <= 0:
+                raise net.error(f"[net] needs width, height and channels > 0 (got {w}x{h}x{c})")
+            c, h, w = net["inputs"], 1, 1
+        self.input_shape: Shape = (c, h, w)
+        shapes: list[Shape] = []
+        built: list[DarknetLayer] = []
+        in_shape: Shape = (c, h, w)
+        for i, sec in enumerate(cfg.layers):
+            ctx = BuildContext(i, in_shape, shapes, built, net, cfg.dialect, cfg.file,
+                               batch=net["batch"])
+            layer = build_layer(sec, ctx)
+            built.append(layer)
+            shapes.append(layer.out_shape)
+            in_shape = layer.out_shape
+        if not built:
+            raise net.error("the cfg has no layers after [net]")
+        self.module_list = nn.ModuleList(built)
+        self.shapes = shapes
+        self.heads = [i for i, m in enumerate(built) if m.is_head]
+        last_use = {}
+        for i, m in enumerate(built):
+            for s in m.sources:
+                last_use[s] = i
+        self._last_use = last_use
+        self.header = Header.new(DEFAULT_VERSION[self.dialect], 0, self.dialect)
+
+    # ------------------------------------------------------------- properties
+    @property
+    def net(self) -> Section:
+        return self.cfg.net
+
+    @property
+    def width(self) -> int:
+        return self.input_shape[2]
+
+    @property
+    def height(self) -> int:
+        return self.input_shape[1]
+
+    @property
+    def seen(self) -> int:
+        return self.header.seen
+
+    @seen.setter
+    def seen(self, value: int) -> None:
+        h = self.header
+        self.header = Header(h.major, h.minor, h.revision, int(value), h.seen_width)
+        for i in self.heads:
+            self.module_list[i].seen = int(value)
+
+    # ------------------------------------------------------------- running
+    def run_layer(self, i: int, *inputs: Tensor) -> Tensor:
+        """Run layer ``i`` alone on the given outputs of its ``sources`` (teacher forcing)."""
+        return self.module_list[i](*inputs)
+
+    def forward_all(self, x: Tensor, keep: Iterable[int] | None = None) -> dict[int, Tensor]:
+        """Run the network; returns {layer index: output} for the heads, the last
+        layer and every index in ``keep``."""
+        wanted = set(self.heads) | {len(self.module_list) - 1} | set(keep or ())
+        outs: dict[int, Tensor] = {-1: x}
+        result: dict[int, Tensor] = {}
+        for i, m in enumerate(self.module_list):
+            y = m(*(outs[s] for s in m.sources))
+            outs[i] = y
+            if i in wanted:
+                result[i] = y
+            for s in m.sources:  # free what no later layer reads
+                if self._last_use.get(s) == i and s not in wanted:
+                    outs.pop(s, None)
+        return result
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        res = self.forward_all(x)
+        if self.heads:
+            return [res[i] for i in self.heads]
+        return [res[len(self.module_list) - 1]]
+
+    # ------------------------------------------------------------- loss
+    def loss(self, outputs: list[Tensor], targets: Tensor) -> tuple[Tensor, list[dict]]:
+        """Sum of the heads' losses on train-mode ``outputs``; per-head stats."""
+        total = outputs[0].new_zeros(())
+        stats = []
+        hw = (self.height, self.width)
+        for i, x in zip(self.heads, outputs):
+            l, s = self.module_list[i].loss(x, targets, hw)
+            total = total + l
+            stats.append({"layer": i, **s})
+        return total, stats
+
+    # ------------------------------------------------------------- weights
+    def load_weights(self, path: str | os.PathLike, cutoff: int | None = None,
+                     allow_trailing: bool = False, allow_partial: bool = True) -> LoadReport:
+        report = load_weights(self, path, cutoff, allow_trailing, allow_partial)
+        self.seen = report.header.seen
+        return report
+
+    def save_weights(self, path: str | os.PathLike, cutoff: int | None = None,
+                     version: tuple[int, int, int] | None = None) -> Header:
+        return save_weights(self, path, cutoff, version)
