@@ -2,7 +2,9 @@
 from .cfg import Cfg, Section, parse_cfg, write_cfg
 from .errors import CfgError, ConvertError, DarknetError, DataError, UnsupportedLayerError, WeightsError
 from .model import Darknet
+from .detect import detect
+from .train import Trainer
 
 __all__ = ["Darknet", "DarknetError", "CfgError", "WeightsError", "ConvertError", "DataError",
-           "UnsupportedLayerError", "Cfg", "Section", "parse_cfg", "write_cfg"]
+           "UnsupportedLayerError", "Cfg", "Section", "parse_cfg", "write_cfg", "Trainer"]
 __version__ = "0.1.0"

@@ -42,4 +42,13 @@ class ConvertError(DarknetError):
 
 
 class DataError(DarknetError):
-    """A dataset file (labels, list, .data) that cannot be read as darknet would."""
+    """A dataset file (labels, list, .data) that cannot be read as darknet would.
+
+    Attributes: ``file`` and ``line`` (1-based) when known.
+    """
+
+    def __init__(self, message: str, file: str | None = None, line: int | None = None):
+        self.file = file
+        self.line = line
+        where = file if line is None or file is None else f"{file}:{line}"
+        super().__init__(f"{where}: {message}" if where else message)

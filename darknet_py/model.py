@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from . import layers as _layers  # noqa: F401  (registers the builders)
 from .builder import BuildContext, Shape, build_layer
 from .cfg import Cfg, Section, parse_cfg
+from .init import init_darknet_
 from .layers.base import DarknetLayer
 from .weights import DEFAULT_VERSION, Header, LoadReport, load_weights, save_weights
 
@@ -55,6 +56,7 @@ class Darknet(nn.Module):
         if not built:
             raise net.error("the cfg has no layers after [net]")
         self.module_list = nn.ModuleList(built)
+        init_darknet_(self)
         self.shapes = shapes
         self.heads = [i for i, m in enumerate(built) if m.is_head]
         last_use = {}
@@ -97,6 +99,8 @@ class Darknet(nn.Module):
         """Run the network; returns {layer index: output} for the heads, the last
         layer and every index in ``keep``."""
         wanted = set(self.heads) | {len(self.module_list) - 1} | set(keep or ())
+        # like darknet's net.w/net.h after resize_network: the loss reads the size run last
+        self.input_hw = (int(x.shape[-2]), int(x.shape[-1]))
         outs: dict[int, Tensor] = {-1: x}
         result: dict[int, Tensor] = {}
         for i, m in enumerate(self.module_list):
@@ -116,11 +120,16 @@ class Darknet(nn.Module):
         return [res[len(self.module_list) - 1]]
 
     # ------------------------------------------------------------- loss
-    def loss(self, outputs: list[Tensor], targets: Tensor) -> tuple[Tensor, list[dict]]:
-        """Sum of the heads' losses on train-mode ``outputs``; per-head stats."""
+    def loss(self, outputs: list[Tensor], targets: Tensor,
+             input_hw: tuple[int, int] | None = None) -> tuple[Tensor, list[dict]]:
+        """Sum of the heads' losses on train-mode ``outputs``; per-head stats.
+
+        ``input_hw`` (net_h, net_w) defaults to the size of the last forward
+        (darknet's net.h/net.w after a multi-scale resize), else the cfg's.
+        """
         total = outputs[0].new_zeros(())
         stats = []
-        hw = (self.height, self.width)
+        hw = input_hw or getattr(self, "input_hw", None) or (self.height, self.width)
         for i, x in zip(self.heads, outputs):
             l, s = self.module_list[i].loss(x, targets, hw)
             total = total + l
@@ -135,5 +144,6 @@ class Darknet(nn.Module):
         return report
 
     def save_weights(self, path: str | os.PathLike, cutoff: int | None = None,
-                     version: tuple[int, int, int] | None = None) -> Header:
-        return save_weights(self, path, cutoff, version)
+                     version: tuple[int, int, int] | None = None, seen: int | None = None,
+                     durable: bool = True) -> Header:
+        return save_weights(self, path, cutoff, version, seen, durable)

@@ -1,20 +1,31 @@
-"""Darknet ``.weights`` files: header, per-layer layout, read / load / save.
+"""Darknet ``.weights`` files: header, per-layer layout, check / read / load / save.
 
-File = header (int32 major, minor, revision; then ``seen`` as uint64 or
-uint32), then the float32 parameters of every layer in layer order, in the
-order each layer's ``darknet_tensors()`` lists them (written once, used by the
-reader and the writer).  ``[connected]`` matrices are stored transposed when
-major or minor > 1000.
+A file is a header -- int32 ``major``, ``minor``, ``revision``, then ``seen``
+as uint64 or uint32 (:func:`seen_bytes`) -- followed by the float32 parameters
+of every layer, in layer order.  Which tensors a layer stores, and in which
+order, is each layer's ``darknet_tensors()``; :func:`file_entries` adds the
+per-file rules of darknet's ``load_weights_upto`` / ``save_weights_upto``
+(``dontload``, ``dontsave``, ``dontloadscales``, ``numload``, ``flipped``,
+shared AlexeyAB convolutions, ``[connected]`` matrices stored transposed when
+major or minor > 1000).  Reader and writer both walk the same
+:func:`layout`.
+
+Loading checks the file size against the layout *before* touching the model,
+then reads each tensor straight into its storage (one pass over the file, no
+intermediate copy for CPU float32 parameters).
 """
 from __future__ import annotations
 
 import os
 import struct
+import sys
+import warnings
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from .errors import WeightsError
 from .io import atomic_open
@@ -22,7 +33,19 @@ from .io import atomic_open
 if TYPE_CHECKING:
     from .model import Darknet
 
-DEFAULT_VERSION = {"pjreddie": (0, 2, 0), "alexeyab": (0, 2, 5)}
+#: the header each darknet writes
+DEFAULT_VERSION: dict[str, tuple[int, int, int]] = {"pjreddie": (0, 2, 0), "alexeyab": (0, 2, 5)}
+#: header versions a user may ask for by name (``0.1``: 32-bit seen, for old tools)
+NAMED_VERSIONS: dict[str, tuple[int, int, int]] = {"0.1": (0, 1, 0), "0.2": (0, 2, 0),
+                                                   "0.2.5": (0, 2, 5)}
+
+_LITTLE = sys.byteorder == "little"
+_BN_NAMES = frozenset({"scales", "rolling_mean", "rolling_variance"})
+_HEADER_LIMIT = 1 << 20  # no darknet ever wrote a version field this large
+
+
+class PartialWeightsWarning(UserWarning):
+    """A weights file held only the first layers of the model (e.g. darknet53.conv.74)."""
 
 
 def seen_bytes(major: int, minor: int, dialect: str = "pjreddie") -> int:
@@ -33,8 +56,25 @@ def seen_bytes(major: int, minor: int, dialect: str = "pjreddie") -> int:
     return 8 if wide else 4
 
 
+def parse_version(text: str) -> tuple[int, int, int]:
+    """``"0.1"``, ``"0.2"``, ``"0.2.5"`` or any ``major.minor[.revision]`` -> a version triple."""
+    if text in NAMED_VERSIONS:
+        return NAMED_VERSIONS[text]
+    parts = text.split(".")
+    try:
+        nums = [int(p) for p in parts]
+    except ValueError:
+        nums = []
+    if len(nums) not in (2, 3) or any(not 0 <= v < _HEADER_LIMIT for v in nums):
+        raise WeightsError(f"header version {text!r}: expected MAJOR.MINOR[.REVISION], e.g. 0.1 "
+                           f"(32-bit seen) or 0.2 (64-bit seen)")
+    return (nums[0], nums[1], nums[2] if len(nums) == 3 else 0)
+
+
 @dataclass(frozen=True)
 class Header:
+    """The header of a weights file; ``seen_width`` is 4 or 8 bytes."""
+
     major: int
     minor: int
     revision: int
@@ -44,7 +84,7 @@ class Header:
     @classmethod
     def new(cls, version: tuple[int, int, int], seen: int = 0, dialect: str = "pjreddie") -> "Header":
         major, minor, revision = version
-        return cls(major, minor, revision, seen, seen_bytes(major, minor, dialect))
+        return cls(major, minor, revision, int(seen), seen_bytes(major, minor, dialect))
 
     @property
     def size(self) -> int:
@@ -52,34 +92,84 @@ class Header:
 
     @property
     def transposed(self) -> bool:
+        """``[connected]`` weight matrices are stored [inputs][outputs]."""
         return self.major > 1000 or self.minor > 1000
 
     @property
     def version(self) -> tuple[int, int, int]:
         return (self.major, self.minor, self.revision)
 
+    def as_dict(self) -> dict[str, int]:
+        return {"major": self.major, "minor": self.minor, "revision": self.revision,
+                "seen": self.seen, "seen_width": self.seen_width}
+
+    @classmethod
+    def from_dict(cls, d: dict, file: str | None = None) -> "Header":
+        try:
+            h = cls(int(d["major"]), int(d["minor"]), int(d["revision"]), int(d["seen"]),
+                    int(d["seen_width"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise WeightsError(f"darknet header record {d!r} is incomplete ({exc})", file) from None
+        if h.seen_width not in (4, 8):
+            raise WeightsError(f"darknet header record has seen_width={h.seen_width}; expected 4 or 8",
+                               file)
+        return h
+
     def pack(self) -> bytes:
-        if self.seen_width == 4 and not 0 <= self.seen < 2 ** 32:
-            raise WeightsError(f"seen={self.seen} does not fit the 32-bit field of version "
-                               f"{self.major}.{self.minor}")
+        limit = 1 << (8 * self.seen_width)
+        if not 0 <= self.seen < limit:
+            raise WeightsError(f"seen={self.seen} does not fit the {8 * self.seen_width}-bit field of "
+                               f"header version {self.major}.{self.minor}.{self.revision}")
         fmt = "<iiiQ" if self.seen_width == 8 else "<iiiI"
         return struct.pack(fmt, self.major, self.minor, self.revision, self.seen)
 
     @classmethod
     def unpack(cls, data: bytes, file: str, dialect: str = "pjreddie") -> "Header":
+        """Parse the first bytes of a file (at least 12; 20 to be sure of ``seen``)."""
+        _reject_other_formats(data, file)
         if len(data) < 12:
             raise WeightsError(f"file has {len(data)} bytes, too short for a darknet header "
-                               f"(12 bytes of version + seen)", file)
+                               f"(12 bytes of version, then seen)", file)
         major, minor, revision = struct.unpack_from("<iii", data)
-        if not (0 <= major < 2 ** 20 and 0 <= minor < 2 ** 20 and 0 <= revision < 2 ** 20):
+        if not all(0 <= v < _HEADER_LIMIT for v in (major, minor, revision)):
             raise WeightsError(f"header version {major}.{minor}.{revision} is not a darknet weights "
                                f"header (wrong file format?)", file)
         width = seen_bytes(major, minor, dialect)
         if len(data) < 12 + width:
-            raise WeightsError(f"file ends inside the header ({len(data)} bytes, needs {12 + width})",
+            raise WeightsError(f"file ends inside the header: {len(data)} bytes, but version "
+                               f"{major}.{minor}.{revision} needs {12 + width} ({width}-byte seen)",
                                file)
         (seen,) = struct.unpack_from("<Q" if width == 8 else "<I", data, 12)
         return cls(major, minor, revision, seen, width)
+
+
+def _reject_other_formats(data: bytes, file: str) -> None:
+    """Clear messages for the files users most often pass by mistake."""
+    if data[:4] == b"PK\x03\x04":
+        raise WeightsError("this is a zip archive (a torch .pt checkpoint?), not a darknet .weights "
+                           "file; use darknet_py.convert / 'darknet-py convert' to read it", file)
+    if len(data) >= 10 and data[8:10] == b'{"' and struct.unpack_from("<Q", data)[0] < 1 << 30:
+        raise WeightsError("this looks like a .safetensors file, not a darknet .weights file; use "
+                           "darknet_py.convert / 'darknet-py convert' to read it", file)
+    if data[:1] == b"[" or data[:5].lower() == b"[net]":
+        raise WeightsError("this is a text file (a cfg?), not a darknet .weights file", file)
+
+
+# ---------------------------------------------------------------- layout
+
+@dataclass(frozen=True)
+class Entry:
+    """One tensor's run of floats in the file.
+
+    ``count`` floats go to the first ``count`` elements of ``tensor`` (fewer than
+    its size only with pjreddie's ``numload``).  ``matrix=(rows, cols)``: the file
+    holds a rows x cols matrix that is the transpose of the tensor's layout.
+    """
+
+    name: str
+    tensor: Tensor
+    count: int
+    matrix: tuple[int, int] | None = None
 
 
 @dataclass
@@ -88,36 +178,89 @@ class LayerRecord:
 
     index: int
     type: str
-    offset: int          # byte offset in the file
+    offset: int                                        # byte offset in the file
     floats: int
-    tensors: list[tuple[str, int]] = field(default_factory=list)  # (name, count)
+    tensors: list[tuple[str, int]] = field(default_factory=list)   # (name, floats)
+    entries: list[Entry] = field(default_factory=list, repr=False)
 
     @property
     def nbytes(self) -> int:
         return 4 * self.floats
 
+    @property
+    def end(self) -> int:
+        return self.offset + self.nbytes
 
-def _layer_tensors(layer, for_load: bool) -> list[tuple[str, torch.Tensor]]:
+
+# Which layer types darknet's load/save functions touch, per dialect (src/parser.c,
+# load_weights_upto / save_weights_upto of each darknet).
+#: (dialect, type) of layers whose tensors darknet never reads or writes
+NOT_STORED: dict[tuple[str, str], str] = {
+    ("alexeyab", "deconvolutional"): "AlexeyAB's darknet neither builds nor stores [deconvolutional]",
+    ("pjreddie", "shortcut"): "pjreddie's [shortcut] has no weights",
+}
+#: types whose BN tensors ``dontloadscales=1`` keeps out of the file on load
+DONTLOADSCALES_TYPES = frozenset({"convolutional", "deconvolutional", "connected"})
+#: types whose leading filters ``numload=K`` reads (pjreddie only)
+NUMLOAD_TYPES = frozenset({"convolutional", "deconvolutional"})
+
+
+def _matrix(layer, name: str, t: Tensor, transposed: bool, for_load: bool) -> tuple[int, int] | None:
+    """(rows, cols) when the file holds the transpose of ``t``'s matrix layout."""
+    if name != "weights":
+        return None
+    if layer.type == "connected" and transposed:
+        return (t.shape[1], t.shape[0])                      # file: [inputs][outputs]
+    if layer.type == "convolutional" and for_load and layer.section.get("flipped", 0):
+        return (t.numel() // t.shape[0], t.shape[0])         # file: [c/groups*size*size][n]
+    return None
+
+
+def file_entries(layer, dialect: str, transposed: bool = False, for_load: bool = True) -> list[Entry]:
+    """The tensors ``layer`` has in a weights file, in file order, by darknet's rules."""
     sec = layer.section
+    if (dialect, layer.type) in NOT_STORED:
+        return []
     if for_load and sec.get("dontload", 0):
         return []
-    if not for_load and sec.get("dontsave", 0):
-        return []
-    return layer.darknet_tensors()
+    if not for_load and dialect == "pjreddie" and sec.get("dontsave", 0):
+        return []  # only pjreddie's save_weights_upto honours dontsave
+    if dialect == "alexeyab" and layer.type == "convolutional" and "share_index" in sec:
+        return []  # a convolution sharing another layer's weights stores nothing
+    tensors = layer.darknet_tensors()
+    if for_load and sec.get("dontloadscales", 0) and layer.type in DONTLOADSCALES_TYPES:
+        tensors = [(n, t) for n, t in tensors if n not in _BN_NAMES]
+    numload = 0
+    if for_load and dialect == "pjreddie" and layer.type in NUMLOAD_TYPES:
+        numload = sec.get("numload", 0)
+        if numload and not 0 < numload <= layer.n:
+            raise WeightsError(f"layer {layer.index} [{sec.name}] (line {sec.line}): numload={numload} "
+                               f"must lie in 1..filters={layer.n}")
+    out = []
+    for name, t in tensors:
+        if numload:   # the first numload filters: a prefix of every tensor
+            out.append(Entry(name, t, t.numel() // layer.n * numload))
+        else:
+            out.append(Entry(name, t, t.numel(), _matrix(layer, name, t, transposed, for_load)))
+    return out
 
 
 def layout(model: "Darknet", header_size: int, cutoff: int | None = None,
-           for_load: bool = True) -> list[LayerRecord]:
-    """The byte layout of the model's weights file, layer by layer, up to ``cutoff``."""
+           for_load: bool = True, transposed: bool = False) -> list[LayerRecord]:
+    """The byte layout of the model's weights file, layer by layer, for layers [0, cutoff)."""
+    n = len(model.module_list)
+    end = n if cutoff is None else max(0, min(cutoff, n))
     records, offset = [], header_size
-    end = len(model.module_list) if cutoff is None else min(cutoff, len(model.module_list))
     for layer in list(model.module_list)[:end]:
-        tensors = [(name, t.numel()) for name, t in _layer_tensors(layer, for_load)]
-        floats = sum(n for _, n in tensors)
-        records.append(LayerRecord(layer.index, layer.type, offset, floats, tensors))
+        entries = file_entries(layer, model.dialect, transposed, for_load)
+        floats = sum(e.count for e in entries)
+        records.append(LayerRecord(layer.index, layer.type, offset, floats,
+                                   [(e.name, e.count) for e in entries], entries))
         offset += 4 * floats
     return records
 
+
+# ---------------------------------------------------------------- checking a file
 
 def read_header(path: str | os.PathLike, dialect: str = "pjreddie") -> Header:
     path = os.fspath(path)
@@ -129,12 +272,104 @@ def read_header(path: str | os.PathLike, dialect: str = "pjreddie") -> Header:
 
 
 def read_weights(path: str | os.PathLike, dialect: str = "pjreddie") -> tuple[Header, np.ndarray]:
-    """The header and the whole body as one float32 array (one read)."""
+    """The header and the whole body as one float32 array (one read; an odd tail is dropped)."""
     path = os.fspath(path)
     header = read_header(path, dialect)
-    body = np.fromfile(path, dtype="<f4", offset=header.size)
+    size = os.path.getsize(path)
+    body = np.fromfile(path, dtype="<f4", offset=header.size, count=(size - header.size) // 4)
     return header, body
 
+
+@dataclass
+class FileCheck:
+    """How a weights file fits a model, found from the header and the file size alone."""
+
+    file: str
+    header: Header
+    file_bytes: int
+    records: list[LayerRecord]           # the layout of the layers asked for
+    floats_in_file: int                  # whole float32 values after the header
+    odd_bytes: int                       # bytes after the last whole float
+    layers_in_file: int                  # leading records wholly present in the file
+    ends_inside: LayerRecord | None      # the record the file ends inside, if any
+    floats_left: int                     # floats left for ``ends_inside``
+    trailing_floats: int                 # floats after every layer of the model
+    floats_needed: int                   # floats of the layers asked for
+    floats_full: int                     # floats of the whole model
+
+    @property
+    def partial(self) -> bool:
+        """The file ends exactly after a layer, before later layers that have weights."""
+        if self.ends_inside is not None:
+            return False
+        return any(r.floats for r in self.records[self.layers_in_file:])
+
+    @property
+    def exact(self) -> bool:
+        return (self.ends_inside is None and not self.partial and not self.trailing_floats
+                and not self.odd_bytes)
+
+    @property
+    def floats_used(self) -> int:
+        return sum(r.floats for r in self.records[:self.layers_in_file])
+
+    def truncation_message(self) -> str:
+        r = self.ends_inside
+        assert r is not None
+        where, before = "", 0
+        for e in r.entries:
+            if before + e.count > self.floats_left:
+                where = f" (in its {e.name!r}, float {self.floats_left - before} of {e.count})"
+                break
+            before += e.count
+        return (f"file ends inside layer {r.index} [{r.type}] at byte offset {r.offset}: the layer "
+                f"needs {r.floats} floats, {self.floats_left} are left{where}; the cfg does not "
+                f"match this weights file")
+
+    def summary(self) -> str:
+        """One line: does the file size match the cfg exactly, and if not, where not."""
+        if self.ends_inside is not None:
+            return self.truncation_message()
+        parts = []
+        if self.partial:
+            last = self.layers_in_file - 1
+            parts.append(f"partial file: holds layers 0..{last} ({self.floats_used} of "
+                         f"{self.floats_needed} floats), later layers are not in it")
+        if self.trailing_floats:
+            parts.append(f"{self.trailing_floats} floats ({4 * self.trailing_floats} bytes) are left "
+                         f"after the last layer")
+        if self.odd_bytes:
+            parts.append(f"{self.odd_bytes} stray bytes after the last whole float")
+        if not parts:
+            return (f"size matches the cfg exactly: {self.file_bytes} bytes = {self.header.size} "
+                    f"header + {4 * self.floats_needed} body")
+        return "; ".join(parts)
+
+
+def check_weights(model: "Darknet", path: str | os.PathLike, cutoff: int | None = None) -> FileCheck:
+    """Compare a weights file with the model's layout without reading its body."""
+    path = os.fspath(path)
+    header = read_header(path, model.dialect)
+    size = os.path.getsize(path)
+    body = size - header.size
+    floats_in_file, odd = divmod(body, 4)
+    records = layout(model, header.size, cutoff, True, header.transposed)
+    full = records if cutoff is None else layout(model, header.size, None, True, header.transposed)
+    floats_full = sum(r.floats for r in full)
+    pos, inside, left, loaded = 0, None, 0, 0
+    for rec in records:
+        if pos + rec.floats > floats_in_file:
+            if pos < floats_in_file:
+                inside, left = rec, floats_in_file - pos
+            break
+        pos += rec.floats
+        loaded += 1
+    trailing = max(0, floats_in_file - floats_full)
+    return FileCheck(path, header, size, records, floats_in_file, odd, loaded, inside, left,
+                     trailing, sum(r.floats for r in records), floats_full)
+
+
+# ---------------------------------------------------------------- loading
 
 @dataclass
 class LoadReport:
@@ -147,6 +382,7 @@ class LoadReport:
     floats_read: int
     floats_in_file: int
     partial: bool
+    trailing_floats: int = 0
 
     def __str__(self) -> str:
         s = (f"{self.file}: loaded {self.layers_loaded}/{self.layers_total} layers, "
@@ -154,90 +390,136 @@ class LoadReport:
         if self.partial:
             s += (f" (partial file: layers {self.layers_loaded}..{self.layers_total - 1} keep "
                   f"their initial values)")
+        if self.trailing_floats:
+            s += f" ({self.trailing_floats} trailing floats ignored)"
         return s
 
 
-def _place(layer, name: str, dst: torch.Tensor, src: np.ndarray, transposed: bool) -> None:
-    t = torch.from_numpy(src)
-    if transposed and layer.type == "connected" and name == "weights":
-        t = t.view(dst.shape[1], dst.shape[0]).t()
+def _readinto(fh: BinaryIO, buf: memoryview, path: str) -> None:
+    done = 0
+    while done < len(buf):
+        n = fh.readinto(buf[done:])
+        if not n:
+            raise WeightsError(f"file shrank while being read ({len(buf) - done} bytes missing)",
+                               path)
+        done += n
+
+
+def _read_entry(fh: BinaryIO, e: Entry, path: str) -> None:
+    t = e.tensor
+    if (_LITTLE and e.matrix is None and t.device.type == "cpu" and t.dtype == torch.float32
+            and t.is_contiguous()):
+        # straight into the parameter's storage
+        dst = t.detach().view(-1)[:e.count].numpy()
+        _readinto(fh, memoryview(dst).cast("B"), path)
+        return
+    buf = np.empty(e.count, dtype="<f4")
+    _readinto(fh, memoryview(buf).cast("B"), path)
+    src = torch.from_numpy(buf.astype(np.float32, copy=False))
+    if e.matrix is not None:
+        rows, cols = e.matrix
+        src = src.view(rows, cols).t()
     with torch.no_grad():
-        dst.copy_(t.view(dst.shape))
+        if e.count == t.numel():
+            t.copy_(src.reshape(t.shape))
+        else:
+            flat = t.detach().reshape(-1).clone()
+            flat[:e.count] = src.to(flat)
+            t.copy_(flat.view(t.shape))
 
 
 def load_weights(model: "Darknet", path: str | os.PathLike, cutoff: int | None = None,
                  allow_trailing: bool = False, allow_partial: bool = True) -> LoadReport:
     """Load a darknet weights file into ``model`` (layers [0, cutoff)).
 
-    A file that ends exactly after some layer is a partial file (like
-    darknet53.conv.74): the layers it holds are loaded, the others keep their
-    values, and the report says so (unless ``allow_partial=False``).  A file
-    that ends inside a layer, or has floats left over, is an error naming the
-    layer.
+    The file size is checked against the layout first, so a file that does not
+    fit raises :class:`WeightsError` without changing the model:
+
+    * ends inside a layer: the error names the layer index and type, the floats
+      it needs and the floats left;
+    * ends exactly after some layer (a partial file like darknet53.conv.74): the
+      layers it holds are loaded, the others keep their values, the report says
+      so and a :class:`PartialWeightsWarning` is issued (error if
+      ``allow_partial=False``);
+    * floats after the last layer of the model: an error unless
+      ``allow_trailing`` (darknet itself ignores them).  With a ``cutoff`` the
+      floats of layers >= cutoff are expected and skipped.
     """
-    path = os.fspath(path)
-    header, body = read_weights(path, model.dialect)
-    if body.nbytes % 4 and not allow_trailing:
-        raise WeightsError("body size is not a whole number of float32 values", path)
-    records = layout(model, header.size, cutoff)
-    layers = model.module_list
-    pos = 0
-    loaded = 0
-    for rec in records:
-        if pos == body.size and rec.floats and allow_partial:
-            break
-        if pos + rec.floats > body.size:
-            raise WeightsError(
-                f"file ends inside layer {rec.index} [{rec.type}] at byte offset {rec.offset}: it "
-                f"needs {rec.floats} floats, {body.size - pos} are left", path)
-        layer = layers[rec.index]
-        for (name, tensor) in _layer_tensors(layer, True):
-            n = tensor.numel()
-            _place(layer, name, tensor, body[pos:pos + n], header.transposed)
-            pos += n
-        loaded += 1
-    expected_layers = len(records)
-    partial = loaded < expected_layers and any(r.floats for r in records[loaded:])
-    if partial and not allow_partial:
-        raise WeightsError(f"file holds only layers 0..{loaded - 1} of {expected_layers}", path)
-    if pos < body.size and not allow_trailing:
+    chk = check_weights(model, path, cutoff)
+    path = chk.file
+    if chk.ends_inside is not None:
+        raise WeightsError(chk.truncation_message(), path)
+    if chk.odd_bytes and not allow_trailing:
+        raise WeightsError(f"the body is not a whole number of float32 values: {chk.odd_bytes} "
+                           f"stray bytes at the end (pass allow_trailing=True to ignore them)", path)
+    if chk.partial and not allow_partial:
+        raise WeightsError(f"partial file: it holds only layers 0..{chk.layers_in_file - 1} of "
+                           f"{len(chk.records)} ({chk.floats_used} of {chk.floats_needed} floats)",
+                           path)
+    if chk.trailing_floats and not allow_trailing:
         raise WeightsError(
-            f"{body.size - pos} floats ({4 * (body.size - pos)} bytes) are left after the last "
-            f"layer ({expected_layers - 1}); the cfg does not match this file (pass "
+            f"{chk.trailing_floats} floats ({4 * chk.trailing_floats} bytes) are left after the "
+            f"last layer ({len(model.module_list) - 1}); the cfg does not match this file (pass "
             f"allow_trailing=True to ignore them, as darknet does)", path)
-    model.header = header
-    return LoadReport(path, header, loaded, len(model.module_list), pos, int(body.size), partial)
+    try:
+        with open(path, "rb", buffering=0) as fh:
+            fh.seek(chk.header.size)
+            for rec in chk.records[:chk.layers_in_file]:
+                for e in rec.entries:
+                    _read_entry(fh, e, path)
+    except OSError as exc:
+        raise WeightsError(f"cannot read: {exc.strerror}", path) from None
+    model.header = chk.header
+    report = LoadReport(path, chk.header, chk.layers_in_file, len(model.module_list),
+                        chk.floats_used, chk.floats_in_file, chk.partial, chk.trailing_floats)
+    if report.partial:
+        warnings.warn(str(report), PartialWeightsWarning, stacklevel=2)
+    return report
 
 
-def iter_body(model: "Darknet", cutoff: int | None, transposed: bool) -> Iterator[np.ndarray]:
-    """Each tensor of the body, as a contiguous float32 array, in file order."""
-    end = len(model.module_list) if cutoff is None else cutoff
-    for layer in list(model.module_list)[:end]:
-        for name, tensor in _layer_tensors(layer, False):
-            t = tensor.detach()
-            if transposed and layer.type == "connected" and name == "weights":
-                t = t.t()
-            yield np.ascontiguousarray(t.to("cpu", torch.float32).numpy(), dtype="<f4")
+# ---------------------------------------------------------------- saving
+
+def _write_entry(fh: BinaryIO, e: Entry) -> None:
+    t = e.tensor.detach()
+    if (_LITTLE and e.matrix is None and t.device.type == "cpu" and t.dtype == torch.float32
+            and t.is_contiguous()):
+        fh.write(memoryview(t.view(-1)[:e.count].numpy()).cast("B"))
+        return
+    t = t.to("cpu", torch.float32)
+    if e.matrix is not None:
+        rows, cols = e.matrix
+        t = t.reshape(cols, rows).t()
+    arr = np.ascontiguousarray(t.reshape(-1)[:e.count].numpy(), dtype="<f4")
+    fh.write(memoryview(arr).cast("B"))
 
 
 def save_weights(model: "Darknet", path: str | os.PathLike, cutoff: int | None = None,
-                 version: tuple[int, int, int] | None = None, seen: int | None = None) -> Header:
-    """Write ``model`` as a darknet weights file, atomically.
+                 version: tuple[int, int, int] | None = None, seen: int | None = None,
+                 durable: bool = True) -> Header:
+    """Write ``model`` as a darknet weights file, atomically; returns the header written.
 
     By default the header is the one the weights were loaded with (so a file
     loads and saves byte for byte); ``version`` picks another, e.g. (0, 1, 0)
-    for a 32-bit ``seen``.  ``cutoff`` writes layers [0, cutoff) like
-    ``darknet partial``.
+    for a 32-bit ``seen`` or (0, 2, 0) for a 64-bit one.  ``cutoff`` writes
+    layers [0, cutoff) like ``darknet partial``.  ``seen`` defaults to
+    ``model.seen``.  The file is written under a temporary name and renamed;
+    ``durable`` (default) fsyncs it first, so even a power loss cannot leave a
+    half file.
     """
     h = model.header
+    seen = model.seen if seen is None else int(seen)
     if version is None:
-        version = h.version
-        width = h.seen_width
+        header = Header(h.major, h.minor, h.revision, seen, h.seen_width)
     else:
-        width = seen_bytes(version[0], version[1], model.dialect)
-    header = Header(*version, seen=model.seen if seen is None else seen, seen_width=width)
-    with atomic_open(path) as fh:
-        fh.write(header.pack())
-        for arr in iter_body(model, cutoff, header.transposed):
-            fh.write(memoryview(arr).cast("B"))
+        header = Header.new(tuple(version), seen, model.dialect)  # type: ignore[arg-type]
+    head = header.pack()
+    records = layout(model, header.size, cutoff, for_load=False, transposed=header.transposed)
+    try:
+        with atomic_open(path, durable=durable) as fh:
+            fh.write(head)
+            for rec in records:
+                for e in rec.entries:
+                    _write_entry(fh, e)
+    except OSError as exc:
+        raise WeightsError(f"cannot write: {exc.strerror}", os.fspath(path)) from None
     return header

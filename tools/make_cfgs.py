@@ -177,7 +177,7 @@ def tiny_shapes(classes: int = 4) -> Cfg:
     net = {"batch": 16, "subdivisions": 1, "width": 160, "height": 160, **dict(NET_COMMON),
            "learning_rate": 0.002, "burn_in": 50, "max_batches": 1200, "policy": "steps",
            "steps": [900, 1100], "scales": [".1", ".1"]}
-    anchors = [8, 8, 14, 14, 22, 22, 32, 32, 46, 46, 66, 66]
+    anchors = [24, 24, 30, 30, 37, 37, 45, 45, 55, 55, 68, 68]  # the shapes are 26-66 px
     return yolov3_tiny(classes, 160, (16, 32, 48, 64, 96, 128), net=net, anchors=anchors)
 
 

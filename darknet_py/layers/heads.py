@@ -1,7 +1,8 @@
 """Detection heads: [yolo], [Gaussian_yolo], [region], [detection].
 
 In eval mode a head returns darknet's ``l.output`` for the layer (same NCHW
-layout, the same entries activated); in train mode it returns its raw input,
+layout, the same entries activated; AlexeyAB's [region] keeps the NCHW layout,
+see :class:`Region`); in train mode it returns its raw input,
 which ``loss(x, targets, input_hw)`` turns into darknet's deltas.
 """
 from __future__ import annotations
@@ -88,7 +89,7 @@ class Yolo(Head):
 
     def activate(self, x: Tensor) -> Tensor:
         n, c, h, w = x.shape
-        v = x.view(n, self.n, self.per_anchor, h, w)
+        v = x.reshape(n, self.n, self.per_anchor, h, w)
         if self.new_coords:
             xy, rest = v[:, :, :2], v[:, :, 2:]
         else:
@@ -111,7 +112,7 @@ class GaussianYolo(Yolo):
 
     def activate(self, x: Tensor) -> Tensor:
         n, c, h, w = x.shape
-        v = x.view(n, self.n, self.per_anchor, h, w)
+        v = x.reshape(n, self.n, self.per_anchor, h, w)
         sig = torch.sigmoid(v)
         keep_raw = torch.zeros(self.per_anchor, dtype=torch.bool, device=x.device)
         keep_raw[[4, 6]] = True  # w and h means stay raw
@@ -125,8 +126,17 @@ class GaussianYolo(Yolo):
 
 
 class Region(Head):
-    """[region] (yolov2): logistic on x, y and objectness, softmax over the classes
-    at each location; anchors are in grid units."""
+    """[region] (yolov2): anchors are in grid units.
+
+    pjreddie's ``l.output``: logistic on x, y and objectness (not with
+    ``background=1``), then a softmax over the classes at each location
+    (``softmax=1``, over background + classes with ``background=1``) or the
+    logistic on every class.  AlexeyAB's CPU [region] activates only the
+    objectness (logistic) and the classes (softmax with ``softmax=1``, else
+    nothing); its x, y go through the logistic when boxes are decoded.  (AlexeyAB
+    also stores its buffer location-major, ``[h*w][n][entries]``; here both
+    dialects keep the NCHW per-anchor-plane layout, ``postprocess`` reads each.)
+    """
 
     type = "region"
 
@@ -146,13 +156,21 @@ class Region(Head):
 
     def activate(self, x: Tensor) -> Tensor:
         n, c, h, w = x.shape
-        v = x.view(n, self.n, self.per_anchor, h, w)
+        v = x.reshape(n, self.n, self.per_anchor, h, w)
         co = self.coords
+        if self.dialect == "alexeyab":
+            obj = torch.sigmoid(v[:, :, co:co + 1])
+            cls = v[:, :, co + 1:]
+            parts = [v[:, :, :co], obj, torch.softmax(cls, dim=2) if self.softmax else cls]
+            return torch.cat(parts, dim=2).view(n, c, h, w)
         parts = [torch.sigmoid(v[:, :, :2]), v[:, :, 2:co]]
-        obj = v[:, :, co:co + 1]
-        parts.append(obj if self.background else torch.sigmoid(obj))
-        cls = v[:, :, co + 1:]
-        parts.append(torch.softmax(cls, dim=2) if self.softmax else cls)
+        if self.softmax and self.background:
+            parts.append(torch.softmax(v[:, :, co:], dim=2))
+        else:
+            obj = v[:, :, co:co + 1]
+            parts.append(obj if self.background else torch.sigmoid(obj))
+            cls = v[:, :, co + 1:]
+            parts.append(torch.softmax(cls, dim=2) if self.softmax else torch.sigmoid(cls))
         return torch.cat(parts, dim=2).view(n, c, h, w)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -1,4 +1,10 @@
-"""Pooling: maxpool (darknet padding, -inf outside), avgpool (global), local_avgpool."""
+"""Pooling: [maxpool] (window, depth, antialiasing), [local_avgpool], [avgpool] (global).
+
+darknet's pooling window: ``padding`` is the TOTAL padding (default size-1) and
+the first window starts at ``-padding/2``; out = (W + padding - size)/stride + 1
+(C division).  Positions outside the input are skipped: a max starts from
+``-FLT_MAX``, an average divides by the number of positions inside.
+"""
 from __future__ import annotations
 
 import torch
@@ -7,72 +13,104 @@ from torch import Tensor
 
 from ..builder import BuildContext, register
 from ..cfg import Section
-from ..errors import UnsupportedLayerError
 from .base import DarknetLayer
+from .conv import Blur, blur_out_shape, c_div, unsupported
+
+FLT_MAX = float(torch.finfo(torch.float32).max)
 
 
 class _Window(DarknetLayer):
-    """Darknet's pooling window: ``padding`` (total, default size-1) with the
-    window starting at ``-padding//2``; out = (W + padding - size)//stride + 1."""
+    """The window geometry of ``make_maxpool_layer`` (shared by maxpool and local_avgpool)."""
 
-    def __init__(self, sec: Section, ctx: BuildContext):
+    def __init__(self, sec: Section, ctx: BuildContext, out_depth: int | None = None,
+                 antialiasing: int = 0):
         c, h, w = ctx.in_shape
         size = sec["size"]
-        sx = sec["stride_x"] if sec["stride_x"] > 0 else sec["stride"]
-        sy = sec["stride_y"] if sec["stride_y"] > 0 else sec["stride"]
-        padding = size - 1 if sec["padding"] is None else sec["padding"]
-        if sec["antialiasing"]:
-            raise UnsupportedLayerError(f"layer {ctx.index} [{sec.name}]: antialiasing=1 is not "
-                                        f"supported yet", sec.file, sec.line_of("antialiasing"))
-        self.depth = bool(sec["maxpool_depth"])
-        if self.depth:
-            out = (sec["out_channels"], h, w)
+        sx, sy = sec["stride_x"], sec["stride_y"]  # default: stride (pjreddie reads only stride)
+        padding = sec["padding"]
+        if size < 1:
+            raise sec.error(f"size={size} must be >= 1", "size")
+        if sx < 1 or sy < 1:
+            raise sec.error(f"stride must be >= 1 (got {sy}x{sx})", "stride")
+        host = (1, 1) if antialiasing else (sy, sx)
+        if out_depth is not None:
+            pooled = (out_depth, h, w)
         else:
-            out = (c, (h + padding - size) // sy + 1, (w + padding - size) // sx + 1)
+            pooled = (c, c_div(h + padding - size, host[0]) + 1, c_div(w + padding - size, host[1]) + 1)
+        out = blur_out_shape(pooled, antialiasing, (sy, sx)) if antialiasing else pooled
         super().__init__(sec, ctx, out)
-        self.size, self.stride, self.padding = size, (sy, sx), padding
-        before = padding // 2
+        self.size, self.stride, self.padding = size, host, padding
+        self.layer_stride = (sy, sx)
+        self.pooled_shape = pooled
+        # the first window starts at -padding/2 (C division); F.pad with the total padding
+        # then gives darknet's windows and out size for any input size
+        before = -c_div(-padding, 2)
         self.pads = (before, padding - before, before, padding - before)  # l, r, t, b
+        self.blur = Blur(pooled[0], antialiasing, (sy, sx)) if antialiasing else None
+
+    def _padded(self, x: Tensor, value: float) -> Tensor:
+        return F.pad(x, self.pads, value=value) if any(self.pads) else x
+
+    def _post(self, y: Tensor) -> Tensor:
+        return self.blur(y) if self.blur is not None else y
 
 
 class MaxPool(_Window):
+    """``Tensor[N, C, H, W] -> Tensor[N, C, H', W']``; with AlexeyAB's
+    ``maxpool_depth=1``: ``-> Tensor[N, out_channels, H, W]``, the max over channels
+    g, g + out_channels, g + 2*out_channels ...; ``antialiasing``: stride-1 pooling
+    then darknet's fixed blur at the layer's stride."""
+
     type = "maxpool"
+
+    def __init__(self, sec: Section, ctx: BuildContext):
+        depth = bool(sec["maxpool_depth"])
+        aa = sec["antialiasing"]
+        if depth and aa:
+            raise unsupported(sec, ctx, "maxpool_depth=1 with antialiasing=1: darknet returns "
+                              "before the blur but sizes the next layer after it", "antialiasing")
+        out_c = sec["out_channels"] if depth else None
+        if depth and out_c < 1:
+            raise sec.error(f"out_channels={out_c} must be >= 1", "out_channels")
+        super().__init__(sec, ctx, out_c, aa)
+        self.depth = depth
 
     def forward(self, x: Tensor) -> Tensor:
         if self.depth:
             return _channel_max(x, self.out_shape[0])
-        if any(self.pads):
-            x = F.pad(x, self.pads, value=float("-inf"))
-        return F.max_pool2d(x, self.size, self.stride)
+        # windows reaching outside the input take -FLT_MAX there, as darknet's running max
+        y = F.max_pool2d(self._padded(x, -FLT_MAX), self.size, self.stride)
+        return self._post(y)
 
 
 def _channel_max(x: Tensor, out_c: int) -> Tensor:
-    """AlexeyAB maxpool_depth: out[g] = max over channels k = g (mod out_c)."""
+    """``Tensor[N, C, H, W] -> Tensor[N, out_c, H, W]``: out[g] = max(-FLT_MAX, x[g], x[g+out_c], ...)."""
     n, c, h, w = x.shape
     groups = -(-c // out_c)
     if groups * out_c != c:
-        fill = x.new_full((n, groups * out_c - c, h, w), float("-inf"))
+        fill = x.new_full((n, groups * out_c - c, h, w), -FLT_MAX)
         x = torch.cat([x, fill], 1)
-    return x.view(n, groups, out_c, h, w).amax(dim=1)
+    return x.view(n, groups, out_c, h, w).amax(dim=1).clamp_min(-FLT_MAX)
 
 
 class LocalAvgPool(_Window):
-    """AlexeyAB [local_avgpool]: the mean over the in-range part of each window."""
+    """AlexeyAB [local_avgpool]: the mean over the part of each window inside the input
+    (0/0 = NaN for a window wholly outside, as darknet)."""
 
     type = "local_avgpool"
 
+    def __init__(self, sec: Section, ctx: BuildContext):
+        super().__init__(sec, ctx)  # parse_local_avgpool passes depth 0, no antialiasing
+
     def forward(self, x: Tensor) -> Tensor:
-        if self.depth:
-            raise NotImplementedError("local_avgpool with maxpool_depth")
-        padded = F.pad(x, self.pads)
-        total = F.avg_pool2d(padded, self.size, self.stride, divisor_override=1)
-        ones = F.pad(torch.ones_like(x[:1, :1]), self.pads)
+        total = F.avg_pool2d(self._padded(x, 0.0), self.size, self.stride, divisor_override=1)
+        ones = self._padded(x.new_ones(1, 1, *x.shape[2:]), 0.0)
         count = F.avg_pool2d(ones, self.size, self.stride, divisor_override=1)
         return total / count
 
 
 class AvgPool(DarknetLayer):
-    """[avgpool]: global average over H x W -> (c, 1, 1)."""
+    """[avgpool]: global average, ``Tensor[N, C, H, W] -> Tensor[N, C, 1, 1]``."""
 
     type = "avgpool"
 

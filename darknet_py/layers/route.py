@@ -1,5 +1,5 @@
 """Layers that read other layers or move data: route, shortcut, scale_channels,
-sam, upsample, reorg, reorg3d, implicit_add / implicit_mul."""
+sam, upsample, reorg, reorg3d, implicit."""
 from __future__ import annotations
 
 import torch
@@ -7,9 +7,8 @@ from torch import Tensor, nn
 
 from ..builder import BuildContext, register
 from ..cfg import Section
-from ..errors import UnsupportedLayerError
 from .base import DarknetLayer, flat
-from .conv import activation_for
+from .conv import activation_for, unsupported
 
 
 class Route(DarknetLayer):
@@ -44,13 +43,25 @@ class Route(DarknetLayer):
         return xs[0] if len(xs) == 1 else torch.cat(xs, dim=1)
 
 
-class Shortcut(DarknetLayer):
-    """Residual addition of ``from`` layers to the previous output, then activation.
+# AlexeyAB parse_shortcut's accepted spellings
+_WEIGHTS_TYPES = {"none": "none", "per_feature": "per_feature", "per_layer": "per_feature",
+                  "per_channel": "per_channel"}
+_NORMALIZATIONS = {"none": "none", "relu": "relu", "avg_relu": "relu", "softmax": "softmax"}
+_NORM_EPS = 0.0001
 
-    pjreddie: out = alpha*prev + beta*from, sampled with integer strides when
-    the shapes differ (only min(C) channels added).  AlexeyAB: several ``from``
-    layers, optional weights (per_feature / per_channel, normalised by relu or
-    softmax), inputs of other sizes added over the flat prefix they share.
+
+class Shortcut(DarknetLayer):
+    """Residual addition of the ``from`` layers to the previous output, then activation.
+
+    Output shape = the previous layer's.  pjreddie (``shortcut_cpu``): out =
+    alpha*prev + beta*from on the positions both have, sampling with integer
+    strides when sizes differ (``stride = w_from/w``, ``sample = w/w_from``; only
+    min(C) channels).  AlexeyAB (``shortcut_multilayer_cpu``): several ``from``
+    layers, each added over the flat prefix it shares with the output (per image);
+    optional weights, ``per_feature`` ``[n+1]`` or ``per_channel`` ``[n+1][C]``,
+    the first for the previous layer, normalised per position by ``relu``
+    (``relu(w) / (0.0001 + sum relu(w))``) or ``softmax``
+    (``exp(w - max) / (0.0001 + sum exp(w - max))``).
     """
 
     type = "shortcut"
@@ -59,29 +70,32 @@ class Shortcut(DarknetLayer):
         if not sec["from"]:
             raise sec.error("[shortcut] needs from=")
         frm = [ctx.resolve(sec, "from", v) for v in sec["from"]]
-        if ctx.dialect == "pjreddie" and len(frm) > 1:
-            raise sec.error("pjreddie [shortcut] takes one from= layer", "from")
+        if ctx.dialect == "pjreddie":
+            frm = frm[:1]  # pjreddie reads from= with atoi: the first number only
         super().__init__(sec, ctx, ctx.in_shape, [ctx.index - 1] + frm)
         self.activation = activation_for(sec, ctx)
         self.alpha, self.beta = sec["alpha"], sec["beta"]
         self.from_shapes = [ctx.shapes[f] for f in frm]
-        c = ctx.in_shape[0]
-        wt = sec["weights_type"]
+        c, h, w = ctx.in_shape
+        if ctx.dialect == "pjreddie":
+            c1, h1, w1 = self.from_shapes[0]
+            if w1 // w != h1 // h or w // w1 != h // h1:  # shortcut_cpu's asserts
+                raise sec.error(f"layer {frm[0]} ({c1}x{h1}x{w1}) and the previous layer "
+                                f"({c}x{h}x{w}) differ in size by unequal factors along width and "
+                                f"height (darknet asserts stride == h1/h2)", "from")
+        wt = _WEIGHTS_TYPES.get(sec["weights_type"])
+        if wt is None:
+            raise sec.error(f"weights_type={sec['weights_type']!r}: expected none, per_feature or "
+                            f"per_channel", "weights_type")
+        norm = _NORMALIZATIONS.get(sec["weights_normalization"])
+        if norm is None:
+            if wt != "none":  # darknet only rejects it when the layer has weights
+                raise sec.error(f"weights_normalization={sec['weights_normalization']!r}: "
+                                f"expected none, relu or softmax", "weights_normalization")
+            norm = "none"
         n = len(frm)
-        if wt == "per_feature":
-            shape: tuple[int, ...] = (n + 1,)
-        elif wt == "per_channel":
-            shape = (n + 1, c)
-        elif wt == "none":
-            shape = ()
-        else:
-            raise sec.error(f"weights_type={wt!r}: expected none, per_feature or per_channel",
-                            "weights_type")
-        norm = sec["weights_normalization"]
-        if norm not in ("none", "relu", "softmax"):
-            raise sec.error(f"weights_normalization={norm!r}: expected none, relu or softmax",
-                            "weights_normalization")
-        self.weights_normalization = norm
+        shape = {"per_feature": (n + 1,), "per_channel": (n + 1, c), "none": None}[wt]
+        self.weights_type, self.weights_normalization = wt, norm
         self.weights = nn.Parameter(torch.ones(shape)) if shape else None
 
     def darknet_tensors(self):
@@ -93,44 +107,45 @@ class Shortcut(DarknetLayer):
         return self.activation(self._ab(x, adds))
 
     def _pj(self, out: Tensor, add: Tensor) -> Tensor:
+        """``Tensor[N, C, H, W]`` previous output, ``Tensor[N, C1, H1, W1]`` from-output."""
         c1, h1, w1 = add.shape[1:]
         c2, h2, w2 = out.shape[1:]
         if (c1, h1, w1) == (c2, h2, w2):
             return self.alpha * out + self.beta * add
         stride, sample = max(w1 // w2, 1), max(w2 // w1, 1)
         mc, mh, mw = min(c1, c2), min(h1, h2), min(w1, w2)
-        part = add[:, :mc, ::stride, ::stride][:, :, :mh, :mw]
+        part = add[:, :mc, : mh * stride : stride, : mw * stride : stride]
+        rows, cols = slice(0, mh * sample, sample), slice(0, mw * sample, sample)
         out = out.clone()
-        view = out[:, :mc, : mh * sample : sample, : mw * sample : sample]
-        out[:, :mc, : mh * sample : sample, : mw * sample : sample] = self.alpha * view + self.beta * part
+        out[:, :mc, rows, cols] = self.alpha * out[:, :mc, rows, cols] + self.beta * part
         return out
 
-    def _layer_weights(self, x: Tensor) -> list[Tensor] | None:
-        """One broadcastable weight per input (previous layer first), normalised."""
+    def _layer_weights(self) -> list[Tensor] | None:
+        """One weight per input (previous layer first), normalised, ``Tensor[1, C|1, 1, 1]``."""
         if self.weights is None:
             return None
         w = self.weights
         if self.weights_normalization == "relu":
             r = torch.relu(w)
-            w = r / (0.0001 + r.sum(dim=0, keepdim=True))
+            w = r / (_NORM_EPS + r.sum(dim=0, keepdim=True))
         elif self.weights_normalization == "softmax":
             e = torch.exp(w - w.max(dim=0, keepdim=True).values)
-            w = e / (0.0001 + e.sum(dim=0, keepdim=True))
+            w = e / (_NORM_EPS + e.sum(dim=0, keepdim=True))
         shape = (1, -1, 1, 1) if w.dim() == 2 else (1, 1, 1, 1)
         return [w[i].reshape(shape) for i in range(w.shape[0])]
 
     def _ab(self, x: Tensor, adds: tuple[Tensor, ...]) -> Tensor:
-        ws = self._layer_weights(x)
+        ws = self._layer_weights()
         out = x * ws[0] if ws is not None else x
         for i, a in enumerate(adds):
             w = ws[i + 1] if ws is not None else None
             if a.shape == x.shape:
                 out = out + (a * w if w is not None else a)
                 continue
-            # other sizes: darknet adds over the flat prefix both outputs have
+            # other sizes: index src_i < outputs of the added layer, per image
             n = min(out[0].numel(), a[0].numel())
             af = flat(a)[:, :n]
-            if w is not None:
+            if w is not None:  # the weight of the OUTPUT position's channel
                 af = af * flat(w.expand(1, *x.shape[1:]))[:, :n]
             of = flat(out)
             out = torch.cat([of[:, :n] + af, of[:, n:]], dim=1).view_as(x)
@@ -138,8 +153,10 @@ class Shortcut(DarknetLayer):
 
 
 class ScaleChannels(DarknetLayer):
-    """AlexeyAB [scale_channels]: ``from`` output scaled by this input per channel
-    (or per position with scale_wh=1), then activation."""
+    """AlexeyAB [scale_channels]: the ``from`` output times this input, then activation.
+
+    Default: input ``Tensor[N, C, 1, 1]`` scales each channel; ``scale_wh=1``:
+    input ``Tensor[N, 1, H, W]`` scales each position.  Output = ``from``'s shape."""
 
     type = "scale_channels"
 
@@ -147,8 +164,17 @@ class ScaleChannels(DarknetLayer):
         if sec["from"] is None:
             raise sec.error("[scale_channels] needs from=")
         frm = ctx.resolve(sec, "from", sec["from"])
-        super().__init__(sec, ctx, ctx.shapes[frm], [ctx.index - 1, frm])
-        self.scale_wh = bool(sec["scale_wh"])
+        fc, fh, fw = ctx.shapes[frm]
+        c, h, w = ctx.in_shape
+        self_wh = bool(sec["scale_wh"])
+        if self_wh and (c != 1 or (h, w) != (fh, fw)):
+            raise sec.error(f"scale_wh=1 needs a 1x{fh}x{fw} input to scale layer {frm} "
+                            f"({fc}x{fh}x{fw}); got {c}x{h}x{w}", "scale_wh")
+        if not self_wh and ((h, w) != (1, 1) or c != fc):
+            raise sec.error(f"scaling the channels of layer {frm} ({fc}x{fh}x{fw}) needs a "
+                            f"{fc}x1x1 input; got {c}x{h}x{w}", "from")
+        super().__init__(sec, ctx, (fc, fh, fw), [ctx.index - 1, frm])
+        self.scale_wh = self_wh
         self.activation = activation_for(sec, ctx)
 
     def forward(self, scale: Tensor, x: Tensor) -> Tensor:
@@ -158,7 +184,7 @@ class ScaleChannels(DarknetLayer):
 
 
 class Sam(DarknetLayer):
-    """AlexeyAB [sam]: element-wise product of this input and the ``from`` output."""
+    """AlexeyAB [sam]: elementwise product of this input and the ``from`` output (same shape)."""
 
     type = "sam"
 
@@ -166,41 +192,58 @@ class Sam(DarknetLayer):
         if sec["from"] is None:
             raise sec.error("[sam] needs from=")
         frm = ctx.resolve(sec, "from", sec["from"])
+        if ctx.shapes[frm] != ctx.in_shape:
+            fc, fh, fw = ctx.shapes[frm]
+            raise sec.error(f"[sam] multiplies equal shapes: layer {frm} is {fc}x{fh}x{fw}, the "
+                            f"input {'x'.join(map(str, ctx.in_shape))}", "from")
         super().__init__(sec, ctx, ctx.shapes[frm], [ctx.index - 1, frm])
         self.activation = activation_for(sec, ctx)
 
     def forward(self, scale: Tensor, x: Tensor) -> Tensor:
-        return self.activation(x * scale.reshape(x.shape))
+        return self.activation(x * scale)
 
 
 class Upsample(DarknetLayer):
-    """Nearest-neighbour upsampling times ``scale``; a negative stride sums
-    stride x stride blocks instead (darknet's reverse mode)."""
+    """``stride > 0``: nearest-neighbour ``scale * in[y/stride][x/stride]``.
+
+    ``stride < 0`` (darknet's reverse): ``out[y][x] = sum of scale * in[y*s+dy][x*s+dx]``
+    over the s x s block, with out = (H/s, W/s) and the input buffer read as if it
+    were ``(C, out_h*s, out_w*s)`` per image (darknet's indexing; it is the input
+    itself when H and W are multiples of s)."""
 
     type = "upsample"
 
     def __init__(self, sec: Section, ctx: BuildContext):
         c, h, w = ctx.in_shape
         stride = sec["stride"]
-        self_reverse = stride < 0
+        if stride == 0:
+            raise sec.error("stride=0: darknet divides by it", "stride")
+        reverse = stride < 0
         stride = abs(stride)
-        out = (c, h // stride, w // stride) if self_reverse else (c, h * stride, w * stride)
+        out = (c, h // stride, w // stride) if reverse else (c, h * stride, w * stride)
         super().__init__(sec, ctx, out)
-        self.stride, self.reverse, self.scale = stride, self_reverse, sec["scale"]
+        self.stride, self.reverse, self.scale = stride, reverse, sec["scale"]
 
     def forward(self, x: Tensor) -> Tensor:
         s = self.stride
         if self.reverse:
-            n, c, h, w = x.shape
-            oh, ow = h // s, w // s
-            x = x[:, :, : oh * s, : ow * s].reshape(n, c, oh, s, ow, s).sum(dim=(3, 5))
-            return self.scale * x
+            n, c = x.shape[:2]
+            _, oh, ow = self.out_shape
+            # upsample_cpu(l.output, out_w, out_h, ..., forward=0, scale, net.input): batch b starts
+            # at b*c*out_h*out_w*s*s in the input buffer
+            per = c * oh * s * ow * s
+            blocks = x.reshape(-1)[: n * per].reshape(n, c, oh, s, ow, s)
+            return (self.scale * blocks).sum(dim=(3, 5))
         y = x.repeat_interleave(s, dim=2).repeat_interleave(s, dim=3)
         return y if self.scale == 1.0 else self.scale * y
 
 
-def reorg_index(c: int, h: int, w: int, stride: int) -> torch.Tensor:
-    """darknet's reorg_cpu index map for one image: ``in_index -> out_index``."""
+def reorg_index(c: int, h: int, w: int, stride: int) -> Tensor:
+    """darknet ``reorg_cpu`` on one image with dims (w, h, c): for every ``in_index``
+    over (c, h, w), the ``out_index`` in the (c/stride^2, h*stride, w*stride) layout.
+
+    ``forward=0`` gathers: ``out[in_index] = x[out_index]``; ``forward=1`` scatters:
+    ``out[out_index] = x[in_index]``."""
     out_c = c // (stride * stride)
     k = torch.arange(c).view(c, 1, 1)
     j = torch.arange(h).view(1, h, 1)
@@ -211,70 +254,127 @@ def reorg_index(c: int, h: int, w: int, stride: int) -> torch.Tensor:
     return (w2 + w * stride * (h2 + h * stride * c2)).reshape(-1)
 
 
-class Reorg(DarknetLayer):
-    """darknet's [reorg]: NOT a plain space-to-depth, but darknet's own index map
-    (reorg_cpu with forward=0), reproduced through a fixed gather index."""
+class _Reorg(DarknetLayer):
+    """A fixed per-image gather of the flat input (``out[i] = x[index[i]]``) computed
+    from reorg_cpu's index arithmetic."""
+
+    def __init__(self, sec: Section, ctx: BuildContext, out: tuple[int, int, int],
+                 index: Tensor | None):
+        super().__init__(sec, ctx, out)
+        if index is not None:
+            self.register_buffer("gather_index", index, persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return flat(x)[:, self.gather_index].view(x.shape[0], *self.out_shape)
+
+
+def _check_reorg(sec: Section, ctx: BuildContext, c: int, h: int, w: int, s: int,
+                 spatial: bool) -> None:
+    if s < 1:
+        raise sec.error(f"stride={s} must be >= 1", "stride")
+    if c % (s * s) or (spatial and (h % s or w % s)):
+        what = f"{c} channels" + (f" and {h}x{w}" if spatial else "")
+        raise unsupported(sec, ctx, f"stride={s} needs {what} divisible by "
+                          f"{s * s if c % (s * s) else s}: darknet's reorg_cpu would index past "
+                          f"its buffers", "stride")
+
+
+class Reorg(_Reorg):
+    """[reorg] (pjreddie; AlexeyAB's ``reorg_old``): darknet's own index map, NOT a plain
+    space-to-depth.  ``reverse=0``: ``reorg_cpu(x, w, h, c, forward=0)`` (the input
+    read as if it were (c/s^2, h*s, w*s)), out (c*s^2, h/s, w/s); ``reverse=1``:
+    ``forward=1``, out (c/s^2, h*s, w*s).  pjreddie's ``flatten=1`` transposes
+    (c, h*w) -> (h*w, c) (back with reverse) and ``extra=E`` appends E zeros."""
 
     type = "reorg"
 
     def __init__(self, sec: Section, ctx: BuildContext):
         c, h, w = ctx.in_shape
         s = sec["stride"]
-        if sec.get("flatten") or sec.get("extra"):
-            raise UnsupportedLayerError(f"layer {ctx.index} [reorg]: flatten/extra are not "
-                                        f"supported", sec.file, sec.line)
-        self.reverse = bool(sec["reverse"])
-        out = (c // (s * s), h * s, w * s) if self.reverse else (c * s * s, h // s, w // s)
-        super().__init__(sec, ctx, out)
-        self.stride = s
+        reverse = bool(sec["reverse"])
+        flatten, extra = sec.get("flatten", 0), sec.get("extra", 0)  # pjreddie only
+        if s < 1:
+            raise sec.error(f"stride={s} must be >= 1", "stride")
+        out = (c // (s * s), h * s, w * s) if reverse else (c * s * s, h // s, w // s)
+        mode = "flatten" if flatten else "extra" if extra else "reorg"
+        if mode == "extra":
+            if extra < 0:
+                raise sec.error(f"extra={extra} must be >= 0", "extra")
+            # darknet reports 0x0x0 and c*h*w + extra outputs; we keep them as channels
+            super().__init__(sec, ctx, (c * h * w + extra, 1, 1), None)
+            self.mode, self.extra = mode, extra
+            return
+        if mode == "flatten":
+            if out[0] * out[1] * out[2] != c * h * w:
+                raise unsupported(sec, ctx, f"flatten=1 with stride={s}: output {out} holds a "
+                                  f"different number of values than the input", "stride")
+            # flatten(x, w*h, c, forward=!reverse): forward writes (c, h*w) as (h*w, c)
+            src = torch.arange(c * h * w)
+            index = (src.view(h * w, c) if reverse else src.view(c, h * w)).t().reshape(-1)
+            super().__init__(sec, ctx, out, index)
+            self.mode = mode
+            return
+        _check_reorg(sec, ctx, c, h, w, s, spatial=not reverse)
         idx = reorg_index(c, h, w, s)
-        if self.reverse:
-            idx = torch.argsort(idx)
-        self.register_buffer("gather_index", idx, persistent=False)
+        super().__init__(sec, ctx, out, torch.argsort(idx) if reverse else idx)
+        self.mode = mode
 
     def forward(self, x: Tensor) -> Tensor:
-        return flat(x)[:, self.gather_index].view(x.shape[0], *self.out_shape)
+        if self.mode == "extra":
+            return torch.cat([flat(x), x.new_zeros(x.shape[0], self.extra)], 1).view(
+                x.shape[0], *self.out_shape)
+        return super().forward(x)
 
 
-class Reorg3d(DarknetLayer):
-    """AlexeyAB [reorg3d]: space-to-depth (or back, reverse=1) in darknet's channel order."""
+class Reorg3d(_Reorg):
+    """AlexeyAB [reorg3d] (its ``reorg_layer.c``): ``reorg_cpu`` called with the OUTPUT
+    dims.  ``reverse=0``: out (c*s^2, h/s, w/s), ``forward=0`` over those dims -- a
+    space-to-depth with output channel ``k = offset*c + c2`` taking
+    ``x[c2][y*s + offset/s][x*s + offset%s]``.  ``reverse=1``: out (c/s^2, h*s, w*s),
+    ``forward=1`` over those dims (not the inverse of reverse=0; it needs c divisible
+    by s^4)."""
 
     type = "reorg3d"
 
     def __init__(self, sec: Section, ctx: BuildContext):
         c, h, w = ctx.in_shape
         s = sec["stride"]
-        self.reverse = bool(sec["reverse"])
-        out = (c // (s * s), h * s, w * s) if self.reverse else (c * s * s, h // s, w // s)
-        super().__init__(sec, ctx, out)
-        self.stride = s
-        # AlexeyAB calls reorg_cpu on the OUTPUT dims with forward=0 (reverse: forward=1)
+        if s < 1:
+            raise sec.error(f"stride={s} must be >= 1", "stride")
+        reverse = bool(sec["reverse"])
+        out = (c // (s * s), h * s, w * s) if reverse else (c * s * s, h // s, w // s)
         oc, oh, ow = out
-        if self.reverse:
-            idx = torch.argsort(reorg_index(c, h, w, s))
+        if reverse:
+            _check_reorg(sec, ctx, c, h, w, s, spatial=False)
+            _check_reorg(sec, ctx, oc, oh, ow, s, spatial=False)
+            index = torch.argsort(reorg_index(oc, oh, ow, s))
         else:
-            idx = torch.argsort(reorg_index(oc, oh, ow, s))
-        self.register_buffer("gather_index", idx, persistent=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return flat(x)[:, self.gather_index].view(x.shape[0], *self.out_shape)
+            # the gather reads x at indices < c*(h/s*s)*(w/s*s): inside the input even when
+            # h or w is not a multiple of s (then with darknet's row stride w/s*s)
+            index = reorg_index(oc, oh, ow, s)
+        super().__init__(sec, ctx, out, index)
 
 
 class Implicit(DarknetLayer):
-    """AlexeyAB [implicit_add]/[implicit_mul]: a learned (filters, 1, 1) constant."""
+    """AlexeyAB [implicit]: a learned constant ``Tensor[N, filters, atoms, 1]`` (it reads
+    no input; the previous output only gives the batch size).  The weights file holds
+    ``filters*atoms`` floats."""
 
     type = "implicit"
 
     def __init__(self, sec: Section, ctx: BuildContext):
-        n = sec["filters"]
-        super().__init__(sec, ctx, (n, 1, 1))  # reads the previous output for its batch size
-        self.weights = nn.Parameter(torch.full((n,), float(sec["init"])))
+        n, atoms = sec["filters"], sec["atoms"]
+        if n < 1 or atoms < 1:
+            raise sec.error(f"filters={n} and atoms={atoms} must be >= 1")
+        super().__init__(sec, ctx, (n, atoms, 1))
+        # darknet draws mean + U(-std, std); loaded weights replace it
+        self.weights = nn.Parameter(torch.full((n, atoms, 1), float(sec["mean"])))
 
     def darknet_tensors(self):
         return [("weights", self.weights)]
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.weights.view(1, -1, 1, 1).expand(x.shape[0], -1, 1, 1)
+        return self.weights.unsqueeze(0).expand(x.shape[0], -1, -1, -1)
 
 
 register("route")(Route)
@@ -284,4 +384,4 @@ register("sam")(Sam)
 register("upsample")(Upsample)
 register("reorg")(Reorg)
 register("reorg3d")(Reorg3d)
-register("implicit_add", "implicit_mul")(Implicit)
+register("implicit")(Implicit)

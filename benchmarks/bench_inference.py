@@ -1,0 +1,249 @@
+"""CPU inference speed: darknet_py (unfused / fused / channels_last) vs OpenCV DNN
+vs pytorchyolo, side by side, with ratios.  Not a test.
+
+    python benchmarks/bench_inference.py [--threads 2] [--repeat 10] [--models tiny,yolov3]
+
+* yolov3-tiny with the official weights (conformance/real_yolov3-tiny), full
+  yolov3 (conformance/zoo/pjreddie/yolov3.cfg) with random weights written by
+  our own writer; both at 416x416, batch 1 and 8; the same cfg/weights files
+  for every engine, torch threads = OpenCV threads.
+* every measurement runs in its own subprocess, so each engine's peak memory
+  (ru_maxrss) is its own; latency is the median of ``--repeat`` runs after a
+  warm-up.
+* end to end: ``darknet-py detect``'s Detector on the photo folder (decode,
+  letterbox, network, decode, NMS), images per second.
+
+pytorchyolo imports torchvision and imgaug for training utilities it does not
+need to run a forward pass; when they are missing the benchmark stubs them
+rather than installing another torch.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import types
+import warnings
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = Path(os.environ.get("DARKNET_PY_CONFORMANCE", REPO.parent / "shared" / "conformance"))
+SIZE = 416
+
+
+def _model_files(name: str, workdir: Path) -> tuple[str, str]:
+    """(cfg, weights) paths for a model name; yolov3 weights are generated once."""
+    if name == "tiny":
+        d = CONF / "real_yolov3-tiny"
+        return str(d / "yolov3-tiny.cfg"), str(d / "yolov3-tiny.weights")
+    cfg = workdir / "yolov3-416.cfg"
+    weights = workdir / "yolov3-random.weights"
+    if not weights.exists():
+        import re
+
+        import torch
+
+        from darknet_py import Darknet
+        text = (CONF / "zoo" / "pjreddie" / "yolov3.cfg").read_text()
+        text = re.sub(r"(?m)^width=\d+", f"width={SIZE}", text)
+        text = re.sub(r"(?m)^height=\d+", f"height={SIZE}", text)
+        cfg.write_text(text)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = Darknet(str(cfg))
+        g = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for layer in model.module_list:
+                for pname, t in layer.darknet_tensors():
+                    if pname == "weights":
+                        fan_in = t[0].numel()
+                        t.copy_(torch.randn(t.shape, generator=g) * (2.0 / fan_in) ** 0.5)
+                    elif pname == "rolling_variance":
+                        t.copy_(torch.rand(t.shape, generator=g) + 0.5)
+                    elif pname == "scales":
+                        t.copy_(torch.rand(t.shape, generator=g) * 0.5 + 0.75)
+                    else:
+                        t.copy_(torch.randn(t.shape, generator=g) * 0.1)
+        model.save_weights(str(weights))
+    return str(cfg), str(weights)
+
+
+def _time(fn, repeat: int) -> float:
+    fn()  # warm-up (allocations, oneDNN primitive caches)
+    fn()
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def _peak_mb() -> float:
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run_one(engine: str, cfg: str, weights: str, batch: int, threads: int, repeat: int) -> dict:
+    """One engine, one model, one batch size: median seconds per batch, peak MB."""
+    import numpy as np
+    import torch
+    torch.set_num_threads(threads)
+    rng = np.random.default_rng(0)
+    x_np = rng.random((batch, 3, SIZE, SIZE), dtype=np.float32)
+    base_mb = _peak_mb()
+    if engine == "opencv":
+        import cv2
+        cv2.setNumThreads(threads)
+        net = cv2.dnn.readNetFromDarknet(cfg, weights)
+        net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+        outs = net.getUnconnectedOutLayersNames()
+
+        def fn():
+            net.setInput(x_np)
+            net.forward(outs)
+    elif engine == "pytorchyolo":
+        for missing in ("torchvision", "imgaug"):
+            try:
+                __import__(missing)
+            except ImportError:
+                sys.modules[missing] = types.ModuleType(missing)
+        from pytorchyolo.models import Darknet as PYDarknet
+        m = PYDarknet(cfg)
+        m.load_darknet_weights(weights)
+        m.eval()
+        x = torch.from_numpy(x_np)
+
+        def fn():
+            with torch.no_grad():
+                m(x)
+    else:
+        from darknet_py import Darknet
+        from darknet_py.fuse import inference_model
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = Darknet(cfg, SIZE, SIZE)
+        model.load_weights(weights)
+        model.eval()
+        x = torch.from_numpy(x_np)
+        if engine == "ours-unfused-nograd":
+            def fn():
+                with torch.no_grad():
+                    model(x)
+        elif engine == "ours-unfused-inference":
+            def fn():
+                with torch.inference_mode():
+                    model(x)
+        elif engine == "ours-fused":
+            fm = inference_model(model)
+
+            def fn():
+                with torch.inference_mode():
+                    fm(x)
+        elif engine == "ours-fused-cl":
+            fm = inference_model(model, channels_last=True)
+            xc = x.contiguous(memory_format=torch.channels_last)
+
+            def fn():
+                with torch.inference_mode():
+                    fm(xc)
+        else:
+            raise SystemExit(f"unknown engine {engine}")
+    sec = _time(fn, repeat)
+    return {"engine": engine, "batch": batch, "seconds": sec, "ms_per_image": sec / batch * 1000,
+            "peak_mb": _peak_mb(), "base_mb": base_mb}
+
+
+def run_detect(cfg: str, weights: str, threads: int, repeat: int, channels_last: bool) -> dict:
+    """End to end ``Detector`` on the photo folder: files -> detections."""
+    import torch
+    torch.set_num_threads(threads)
+    from darknet_py import Darknet
+    from darknet_py.detect import Detector
+    folder = CONF / "real_yolov3-tiny"
+    photos = sorted(str(p) for p in folder.iterdir() if p.suffix in (".jpg", ".png"))
+    images = photos * 4  # 16 images
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = Darknet(cfg)
+    model.load_weights(weights)
+    det = Detector(model, batch_size=8, channels_last=channels_last)
+    sec = _time(lambda: det(images), max(2, repeat // 3))
+    return {"engine": "detect" + ("-cl" if channels_last else ""), "images": len(images),
+            "images_per_second": len(images) / sec, "peak_mb": _peak_mb()}
+
+
+def _sub(args: list[str]) -> dict:
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        return {"error": (out.stderr.strip().splitlines() or ["failed"])[-1]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+ENGINES = ["ours-unfused-nograd", "ours-unfused-inference", "ours-fused", "ours-fused-cl", "opencv",
+           "pytorchyolo"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeat", type=int, default=10)
+    p.add_argument("--models", default="tiny,yolov3")
+    p.add_argument("--batches", default="1,8")
+    p.add_argument("--engines", default=",".join(ENGINES))
+    p.add_argument("--one", nargs=4, metavar=("ENGINE", "CFG", "WEIGHTS", "BATCH"), help=argparse.SUPPRESS)
+    p.add_argument("--detect", nargs=3, metavar=("CFG", "WEIGHTS", "CL"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.one:
+        engine, cfg, weights, batch = args.one
+        print(json.dumps(run_one(engine, cfg, weights, int(batch), args.threads, args.repeat)))
+        return 0
+    if args.detect:
+        cfg, weights, cl = args.detect
+        print(json.dumps(run_detect(cfg, weights, args.threads, args.repeat, cl == "1")))
+        return 0
+
+    workdir = Path(tempfile.mkdtemp(prefix="darknet_py_bench_"))
+    engines = args.engines.split(",")
+    print(f"threads={args.threads} repeat={args.repeat} input {SIZE}x{SIZE}; median seconds per batch")
+    for name in args.models.split(","):
+        cfg, weights = _model_files(name, workdir)
+        label = "yolov3-tiny (official weights)" if name == "tiny" else "yolov3 (random weights)"
+        for batch in (int(b) for b in args.batches.split(",")):
+            rows = {e: _sub(["--one", e, cfg, weights, str(batch), "--threads", str(args.threads),
+                             "--repeat", str(args.repeat)]) for e in engines}
+            ref = rows.get("opencv", {}).get("seconds")
+            print(f"\n{label}, batch {batch}")
+            print(f"  {'engine':24s} {'ms/batch':>10s} {'ms/image':>10s} {'vs OpenCV':>10s} {'peak MB':>9s}")
+            for e, r in rows.items():
+                if "error" in r:
+                    print(f"  {e:24s} unavailable: {r['error'][:90]}")
+                    continue
+                ratio = f"{r['seconds'] / ref:9.2f}x" if ref else "      n/a"
+                print(f"  {e:24s} {r['seconds'] * 1000:10.1f} {r['ms_per_image']:10.1f} {ratio:>10s} "
+                      f"{r['peak_mb']:9.0f}")
+            py = rows.get("pytorchyolo", {}).get("seconds")
+            best = min((r["seconds"], e) for e, r in rows.items() if e.startswith("ours") and "seconds" in r)
+            if py:
+                print(f"  best ours ({best[1]}) vs pytorchyolo: {best[0] / py:.2f}x")
+            if ref:
+                print(f"  best ours ({best[1]}) vs OpenCV: {best[0] / ref:.2f}x")
+    cfg, weights = _model_files("tiny", workdir)
+    print("\nend to end (Detector on the photo folder, 16 images, batch 8, yolov3-tiny):")
+    for cl in ("0", "1"):
+        r = _sub(["--detect", cfg, weights, cl, "--threads", str(args.threads), "--repeat", str(args.repeat)])
+        if "error" in r:
+            print(f"  channels_last={cl}: failed: {r['error']}")
+        else:
+            print(f"  channels_last={cl}: {r['images_per_second']:.2f} images/s, peak {r['peak_mb']:.0f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

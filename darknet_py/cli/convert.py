@@ -1,0 +1,53 @@
+"""``darknet-py convert [--cfg CFG] IN OUT``: formats chosen by extension.
+
+``.weights`` (darknet; needs ``--cfg``), ``.pt`` (torch checkpoint with the
+state_dict, cfg text and header; read with ``weights_only=True``),
+``.safetensors`` (tensors, cfg and header in the metadata), ``.onnx`` (export
+only: dynamic batch, the heads' eval outputs, or ``--decode`` for boxes).
+``.pt``/``.safetensors`` files written by darknet_py embed their cfg.
+The darknet header (``seen`` included) is kept unless ``--header-version``
+asks for another (``0.1``: 32-bit seen, ``0.2``: 64-bit seen).
+"""
+from __future__ import annotations
+
+import argparse
+
+HELP = "convert weights between .weights, .pt, .safetensors and export .onnx"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="darknet-py convert", description=HELP)
+    p.add_argument("src", metavar="IN", help="input file (.weights, .pt, .safetensors)")
+    p.add_argument("dst", metavar="OUT", help="output file (.weights, .pt, .safetensors, .onnx)")
+    p.add_argument("--cfg", help="the cfg (needed for .weights; overrides an embedded cfg)")
+    p.add_argument("--dialect", default="auto", choices=["auto", "pjreddie", "alexeyab"],
+                   help="darknet dialect of the cfg (default: auto-detect / as embedded)")
+    p.add_argument("--header-version", metavar="V",
+                   help="write this darknet header version: 0.1 (32-bit seen), 0.2 (64-bit seen), "
+                        "or MAJOR.MINOR.REVISION (default: keep the source's)")
+    p.add_argument("--decode", action="store_true",
+                   help="ONNX: output decoded boxes, scores, objectness instead of the head outputs")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--no-check", action="store_true",
+                   help="ONNX: skip the onnxruntime comparison with torch")
+    p.add_argument("--non-strict", action="store_true",
+                   help="load .pt/.safetensors even when tensors are missing or unexpected")
+    p.add_argument("--allow-trailing", action="store_true",
+                   help="ignore floats after the last layer of a .weights file (as darknet does)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from ..convert import convert
+    from ..weights import parse_version
+
+    version = parse_version(args.header_version) if args.header_version else None
+    report = convert(args.src, args.dst, cfg=args.cfg, dialect=args.dialect, version=version,
+                     decode=args.decode, strict=not args.non_strict,
+                     allow_trailing=args.allow_trailing, opset=args.opset, check=not args.no_check)
+    if report.source.missing or report.source.unexpected:
+        print(f"warning: {len(report.source.missing)} tensors missing (kept as initialised), "
+              f"{len(report.source.unexpected)} unexpected (ignored)")
+    print(report)
+    return 0

@@ -1,0 +1,144 @@
+"""``darknet-py detect CFG WEIGHTS IMAGES... [--names FILE] [--thresh 0.25] [--nms 0.45]
+[--json OUT] [--save-dir DIR]``
+
+IMAGES are files, folders (their image files, sorted) or glob patterns.
+Without ``--json`` it prints darknet's lines (``<image>: Predicted in ... seconds.``
+then ``name: NN%`` per detection); ``--json OUT`` writes
+``[{"image": path, "detections": [{"class_id", "name", "prob", "box": [x1, y1, x2, y2]}]}]``
+(``-`` for stdout); ``--save-dir`` writes annotated copies.  An image that is
+missing or unreadable is reported on stderr by name, the others are still
+processed, and the exit code is 1 if any failed.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+
+import numpy as np
+
+from ..errors import DarknetError
+
+HELP = "detect objects in images exactly as darknet does"
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm",
+              ".jp2", ".gif")
+
+
+def expand_images(specs: list[str]) -> list[str]:
+    """Files as given; a folder -> its image files (sorted); a pattern -> its
+    matches (sorted).  A name matching nothing is kept so it is reported."""
+    out: list[str] = []
+    for spec in specs:
+        if os.path.isdir(spec):
+            out.extend(sorted(os.path.join(spec, f) for f in os.listdir(spec)
+                              if f.lower().endswith(IMAGE_EXTS) and os.path.isfile(os.path.join(spec, f))))
+        elif not os.path.exists(spec) and glob.has_magic(spec):
+            matches = sorted(glob.glob(spec, recursive=True))
+            out.extend(matches if matches else [spec])
+        else:
+            out.append(spec)
+    return out
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="darknet-py detect", description=HELP)
+    p.add_argument("cfg")
+    p.add_argument("weights")
+    p.add_argument("images", nargs="+", help="image files, folders or glob patterns")
+    p.add_argument("--names", help="class names file, one per line (e.g. coco.names)")
+    p.add_argument("--thresh", type=float, default=0.25, help="probability threshold (default 0.25)")
+    p.add_argument("--hier", type=float, default=0.5, help="hierarchical threshold (default 0.5)")
+    p.add_argument("--nms", type=float, default=0.45, help="NMS threshold, 0 disables (default 0.45)")
+    p.add_argument("--nms-kind", choices=["default", "greedynms", "diounms", "cornersnms"],
+                   help="override the cfg's (AlexeyAB) nms_kind")
+    p.add_argument("--resize", choices=["letterbox", "resize"],
+                   help="input resizing (default: darknet's choice for the cfg)")
+    p.add_argument("--json", metavar="OUT", help="write the detections as JSON ('-' for stdout)")
+    p.add_argument("--save-dir", metavar="DIR", help="write annotated images into DIR")
+    p.add_argument("--batch", type=int, default=8, help="images per forward pass (default 8)")
+    p.add_argument("--device", default=None, help="torch device (default cpu)")
+    p.add_argument("--dialect", default="auto", choices=["auto", "pjreddie", "alexeyab"])
+    return p
+
+
+def _draw(path: str, res, save_dir: str) -> None:
+    """An annotated copy (boxes, names, probabilities) under ``save_dir``."""
+    import cv2
+
+    from ..image import load_image
+    from ..io import atomic_write
+
+    img = load_image(path)[:, :, ::-1].copy()
+    thick = max(1, int(img.shape[0] * 0.006))
+    groups: dict[tuple, list] = {}  # one box per darknet detection, its classes in one label
+    for d in res.detections:
+        groups.setdefault(tuple(d.box), []).append(d)
+    for box, ds in groups.items():
+        hue = (ds[0].class_id * 123457) % 180
+        color = cv2.cvtColor(np.uint8([[[hue, 200, 255]]]), cv2.COLOR_HSV2BGR)[0, 0].tolist()
+        x1, y1, x2, y2 = (int(v) for v in box)
+        cv2.rectangle(img, (x1, y1), (x2, y2), color, thick)
+        label = ", ".join(f"{d.name} {d.prob:.2f}" for d in ds)
+        (tw, th), base = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
+        ty = max(y1, th + base)
+        cv2.rectangle(img, (x1, ty - th - base), (x1 + tw, ty), color, -1)
+        cv2.putText(img, label, (x1, ty - base), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    base_name = os.path.basename(path)
+    stem, ext = os.path.splitext(base_name)
+    if ext.lower() not in (".jpg", ".jpeg", ".png", ".bmp"):
+        ext = ".png"
+    ok, buf = cv2.imencode(ext, img)
+    if not ok:
+        raise OSError(f"cannot encode {base_name}")
+    atomic_write(os.path.join(save_dir, stem + ext), buf.tobytes())
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    import warnings
+
+    from ..cfg import UnusedOptionWarning
+    from ..detect import Detector, read_names
+    from ..io import atomic_write
+    from ..model import Darknet
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnusedOptionWarning)
+        model = Darknet(args.cfg, dialect=args.dialect)
+    model.load_weights(args.weights)
+    names = read_names(args.names) if args.names else None
+    det = Detector(model, names=names, thresh=args.thresh, hier_thresh=args.hier, nms=args.nms,
+                   resize=args.resize, nms_kind=args.nms_kind, device=args.device, batch_size=args.batch)
+    paths = expand_images(args.images)
+    if not paths:
+        print("darknet-py detect: no images found", file=sys.stderr)
+        return 1
+    results = det(paths)
+    failed = 0
+    for res in results:
+        if not res.ok:
+            failed += 1
+            print(f"darknet-py detect: {res.error}", file=sys.stderr)
+            continue
+        if args.json is None:
+            print(f"{res.image}: Predicted in {res.seconds:.6f} seconds.")
+            for d in res.detections:
+                print(f"{d.name}: {d.prob * 100:.0f}%")
+        if args.save_dir:
+            try:
+                _draw(res.image, res, args.save_dir)
+            except (OSError, DarknetError) as exc:
+                failed += 1
+                print(f"darknet-py detect: {res.image}: cannot save annotated image: {exc}", file=sys.stderr)
+    if args.json is not None:
+        text = json.dumps([r.to_json() for r in results if r.ok], indent=1)
+        if args.json == "-":
+            print(text)
+        else:
+            atomic_write(args.json, (text + "\n").encode())
+    if failed:
+        print(f"darknet-py detect: {failed} of {len(results)} images failed", file=sys.stderr)
+    return 1 if failed else 0

@@ -1,0 +1,670 @@
+"""Move a darknet model between formats without losing a bit.
+
+* ``.weights``: darknet's own file (needs the cfg);
+* ``.pt``: a torch checkpoint, a plain dict read with ``weights_only=True``::
+
+      {"format": "darknet_py.checkpoint", "format_version": 1, "cfg": <cfg text>,
+       "dialect": "pjreddie" | "alexeyab", "width": int, "height": int,
+       "header": {"major", "minor", "revision", "seen", "seen_width"},
+       "cutoff": None | int,          # the source .weights held only layers [0, cutoff)
+       "state_dict": {name: Tensor}}
+
+  A bare state_dict (a dict of tensors) is read too, with a cfg given;
+* ``.safetensors``: the tensors, with the same fields as strings in the metadata
+  (``header`` as JSON);
+* ``.onnx``: export only (:func:`export_onnx`): dynamic batch, the head outputs
+  as the model returns them in eval mode, or decoded boxes (:class:`BoxDecoder`).
+
+The header (``seen`` included) and the cutoff travel with the tensors, so
+``.weights -> .pt/.safetensors -> .weights`` gives back the same bytes.
+:func:`partial` is darknet's ``partial`` command.  Every file is written
+atomically.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .cfg import parse_cfg, write_cfg
+from .errors import ConvertError, DarknetError, WeightsError
+from .io import atomic_open, atomic_write
+from .model import Darknet
+from .weights import DEFAULT_VERSION, Header, LoadReport, PartialWeightsWarning
+
+FORMAT = "darknet_py.checkpoint"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class LoadInfo:
+    """Where a model came from: format, header, and what was (not) in the file."""
+
+    file: str
+    format: str
+    header: Header
+    cutoff: int | None = None          # layers [0, cutoff) were in the source (partial files)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    report: LoadReport | None = None   # for .weights sources
+
+
+def _ext(path: str | os.PathLike) -> str:
+    return os.path.splitext(os.fspath(path))[1].lower()
+
+
+def _build(cfg, dialect: str, width: int | None = None, height: int | None = None) -> Darknet:
+    return Darknet(cfg, width=width, height=height, dialect=dialect)
+
+
+# ---------------------------------------------------------------- tensors <-> model
+
+def _short(names: Sequence[str], limit: int = 8) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
+
+
+def load_state(model: Darknet, tensors: dict[str, Tensor], file: str,
+               strict: bool = True) -> tuple[list[str], list[str]]:
+    """Copy ``tensors`` into ``model`` like a strict ``load_state_dict``, with a
+    :class:`ConvertError` that lists missing, unexpected and wrongly shaped names.
+
+    Returns (missing, unexpected) (both empty when ``strict``).
+    """
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in tensors]
+    unexpected = [k for k in tensors if k not in expected]
+    wrong = [f"{k} (file {tuple(tensors[k].shape)}, cfg {tuple(v.shape)})"
+             for k, v in expected.items() if k in tensors and tensors[k].shape != v.shape]
+    if wrong or (strict and (missing or unexpected)):
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing: {_short(missing)}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected: {_short(unexpected)}")
+        if wrong:
+            parts.append(f"{len(wrong)} with another shape: {_short(wrong, 4)}")
+        raise ConvertError(f"{file}: the tensors do not match the cfg: " + "; ".join(parts))
+    with torch.no_grad():
+        for k, v in expected.items():
+            if k in tensors:
+                v.copy_(tensors[k])
+    return missing, unexpected
+
+
+def _meta(model: Darknet, header: Header, cutoff: int | None) -> dict:
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "cfg": write_cfg(model.cfg),
+            "dialect": model.dialect, "width": model.width, "height": model.height,
+            "header": header.as_dict(), "cutoff": cutoff}
+
+
+def _header_for(model: Darknet, version: tuple[int, int, int] | None) -> Header:
+    h = model.header
+    if version is None:
+        return Header(h.major, h.minor, h.revision, model.seen, h.seen_width)
+    return Header.new(version, model.seen, model.dialect)
+
+
+def _model_from_meta(meta: dict, file: str, cfg, dialect: str) -> tuple[Darknet, Header]:
+    if meta.get("format") != FORMAT:
+        raise ConvertError(f"{file}: not a darknet_py checkpoint (format={meta.get('format')!r})")
+    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+        raise ConvertError(f"{file}: checkpoint format_version {meta['format_version']} is newer than "
+                           f"this darknet_py reads ({FORMAT_VERSION})")
+    header = Header.from_dict(meta.get("header") or {}, file)
+    use_dialect = dialect if dialect != "auto" else meta.get("dialect", "auto")
+    if cfg is None:
+        text = meta.get("cfg")
+        if not text:
+            raise ConvertError(f"{file}: the checkpoint holds no cfg; pass one (--cfg)")
+        cfg = parse_cfg(text, dialect=use_dialect, name=f"{file} (embedded cfg)")
+        model = _build(cfg, use_dialect, meta.get("width"), meta.get("height"))
+    else:
+        model = _build(cfg, use_dialect)
+    model.header = header
+    model.seen = header.seen
+    return model, header
+
+
+def _write_error(path, exc: OSError) -> ConvertError:
+    return ConvertError(f"{os.fspath(path)}: cannot write: {exc.strerror or exc}")
+
+
+# ---------------------------------------------------------------- .pt
+
+def save_pt(model: Darknet, path: str | os.PathLike, *, version: tuple[int, int, int] | None = None,
+            cutoff: int | None = None) -> Header:
+    """A torch checkpoint with state_dict, cfg text and darknet header (atomic)."""
+    header = _header_for(model, version)
+    header.pack()  # seen must fit the chosen header
+    ckpt = _meta(model, header, cutoff)
+    ckpt["state_dict"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    try:
+        with atomic_open(path) as fh:
+            torch.save(ckpt, fh)
+    except OSError as exc:
+        raise _write_error(path, exc) from None
+    return header
+
+
+def load_pt(path: str | os.PathLike, cfg=None, dialect: str = "auto",
+            strict: bool = True) -> tuple[Darknet, LoadInfo]:
+    path = os.fspath(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ConvertError(f"{path}: cannot read: no such file") from None
+    except Exception as exc:  # torch raises many kinds for a file that is not a checkpoint
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConvertError(f"{path}: not a readable torch checkpoint ({first})") from None
+    if not isinstance(obj, dict):
+        raise ConvertError(f"{path}: a torch checkpoint holding {type(obj).__name__}, not a dict")
+    if "state_dict" in obj and "format" in obj:
+        model, header = _model_from_meta(obj, path, cfg, dialect)
+        tensors, cutoff = obj["state_dict"], obj.get("cutoff")
+    elif obj and all(isinstance(v, Tensor) for v in obj.values()):
+        if cfg is None:
+            raise ConvertError(f"{path}: a bare state_dict without a cfg; pass the cfg (--cfg)")
+        model = _build(cfg, dialect)
+        header, tensors, cutoff = model.header, obj, None
+    else:
+        raise ConvertError(f"{path}: not a darknet_py checkpoint (no 'format'/'state_dict' keys; "
+                           f"keys: {_short(sorted(map(str, obj)))})")
+    if not isinstance(tensors, dict):
+        raise ConvertError(f"{path}: 'state_dict' is a {type(tensors).__name__}, not a dict")
+    missing, unexpected = load_state(model, tensors, path, strict)
+    return model, LoadInfo(path, ".pt", header, cutoff, missing, unexpected)
+
+
+# ---------------------------------------------------------------- .safetensors
+
+def save_safetensors(model: Darknet, path: str | os.PathLike, *,
+                     version: tuple[int, int, int] | None = None, cutoff: int | None = None) -> Header:
+    """Tensors plus cfg text and header in the metadata (atomic)."""
+    from safetensors.torch import save
+
+    header = _header_for(model, version)
+    header.pack()
+    meta = _meta(model, header, cutoff)
+    metadata = {k: (json.dumps(v) if k == "header" else "" if v is None else str(v))
+                for k, v in meta.items()}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    try:
+        atomic_write(path, save(tensors, metadata=metadata))
+    except OSError as exc:
+        raise _write_error(path, exc) from None
+    return header
+
+
+def load_safetensors(path: str | os.PathLike, cfg=None, dialect: str = "auto",
+                     strict: bool = True) -> tuple[Darknet, LoadInfo]:
+    from safetensors import safe_open
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ConvertError(f"{path}: cannot read: no such file")
+    try:
+        with safe_open(path, framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # SafetensorError and friends
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConvertError(f"{path}: not a readable safetensors file ({first})") from None
+    if metadata.get("format") == FORMAT:
+        meta = dict(metadata)
+        try:
+            meta["header"] = json.loads(metadata.get("header", "{}"))
+            meta["width"] = int(meta["width"]) if meta.get("width") else None
+            meta["height"] = int(meta["height"]) if meta.get("height") else None
+            cutoff = int(meta["cutoff"]) if meta.get("cutoff") else None
+        except ValueError as exc:
+            raise ConvertError(f"{path}: damaged darknet_py metadata ({exc})") from None
+        model, header = _model_from_meta(meta, path, cfg, dialect)
+    else:
+        if cfg is None:
+            raise ConvertError(f"{path}: no darknet_py metadata (cfg, header); pass the cfg (--cfg)")
+        model = _build(cfg, dialect)
+        header, cutoff = model.header, None
+    missing, unexpected = load_state(model, tensors, path, strict)
+    return model, LoadInfo(path, ".safetensors", header, cutoff, missing, unexpected)
+
+
+# ---------------------------------------------------------------- .weights
+
+def load_darknet(path: str | os.PathLike, cfg=None, dialect: str = "auto",
+                 allow_trailing: bool = False, **_) -> tuple[Darknet, LoadInfo]:
+    path = os.fspath(path)
+    if cfg is None:
+        raise ConvertError(f"{path}: a darknet .weights file needs its cfg (--cfg)")
+    model = _build(cfg, dialect)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PartialWeightsWarning)  # the LoadInfo says so
+        report = model.load_weights(path, allow_trailing=allow_trailing)
+    cutoff = report.layers_loaded if report.partial else None
+    return model, LoadInfo(path, ".weights", report.header, cutoff, report=report)
+
+
+def _save_darknet(model: Darknet, path, *, version=None, cutoff=None, **_) -> Header:
+    return model.save_weights(path, cutoff=cutoff, version=version)
+
+
+def _read_only_onnx(path, *args, **kwargs):
+    raise ConvertError(f"{os.fspath(path)}: .onnx is an export format; it cannot be read back")
+
+
+READERS: dict[str, Callable[..., tuple[Darknet, LoadInfo]]] = {
+    ".weights": load_darknet, ".pt": load_pt, ".pth": load_pt, ".safetensors": load_safetensors,
+    ".onnx": _read_only_onnx,
+}
+
+
+def load_model(path: str | os.PathLike, cfg=None, dialect: str = "auto", strict: bool = True,
+               allow_trailing: bool = False) -> tuple[Darknet, LoadInfo]:
+    """A :class:`Darknet` with its parameters from any supported file (chosen by extension)."""
+    reader = READERS.get(_ext(path))
+    if reader is None:
+        raise ConvertError(f"{os.fspath(path)}: unknown extension {_ext(path)!r}; expected one of "
+                           f"{', '.join(sorted(READERS))}")
+    if reader is load_darknet:
+        return reader(path, cfg, dialect, allow_trailing=allow_trailing)
+    return reader(path, cfg, dialect, strict)
+
+
+# ---------------------------------------------------------------- decoding (traceable)
+
+def _yolo_like(head, y: Tensor, net_hw: tuple[int, int], grid_units: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """[N, A, P, H, W] -> boxes [N, A, H, W, 4], objectness [N, A, H, W], class [N, A, C, H, W]."""
+    n, _, h, w = y.shape
+    a = len(head.mask) if hasattr(head, "mask") else head.n
+    v = y.view(n, a, head.per_anchor, h, w)
+    anchors = [head.anchors[m] for m in (head.mask if hasattr(head, "mask") else range(a))]
+    aw = y.new_tensor([p[0] for p in anchors]).view(1, a, 1, 1)
+    ah = y.new_tensor([p[1] for p in anchors]).view(1, a, 1, 1)
+    gx = torch.arange(w, device=y.device, dtype=y.dtype).view(1, 1, 1, w)
+    gy = torch.arange(h, device=y.device, dtype=y.dtype).view(1, 1, h, 1)
+    bx = (gx + v[:, :, 0]) / w
+    by = (gy + v[:, :, 1]) / h
+    den_w, den_h = (w, h) if grid_units else (net_hw[1], net_hw[0])
+    if getattr(head, "new_coords", 0):
+        bw = v[:, :, 2] * v[:, :, 2] * 4 * aw / den_w
+        bh = v[:, :, 3] * v[:, :, 3] * 4 * ah / den_h
+    else:
+        bw = torch.exp(v[:, :, 2]) * aw / den_w
+        bh = torch.exp(v[:, :, 3]) * ah / den_h
+    coords = getattr(head, "coords", 4)
+    return torch.stack([bx, by, bw, bh], dim=-1), v[:, :, coords], v[:, :, coords + 1:]
+
+
+def _decode_yolo(head, y: Tensor, net_hw: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
+    """darknet's get_yolo_detections order: location-major, anchor-minor."""
+    boxes, obj, cls = _yolo_like(head, y, net_hw, grid_units=False)
+    n = y.shape[0]
+    return (boxes.permute(0, 2, 3, 1, 4).reshape(n, -1, 4),
+            obj.permute(0, 2, 3, 1).reshape(n, -1),
+            (obj.unsqueeze(2) * cls).permute(0, 3, 4, 1, 2).reshape(n, -1, cls.shape[2]))
+
+
+def _decode_region(head, y: Tensor, net_hw: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
+    """darknet's get_region_detections: anchors in grid units, anchor-major order."""
+    boxes, obj, cls = _yolo_like(head, y, net_hw, grid_units=True)
+    if head.background:
+        obj = torch.ones_like(obj)
+    n = y.shape[0]
+    return (boxes.reshape(n, -1, 4), obj.reshape(n, -1),
+            (obj.unsqueeze(2) * cls).permute(0, 1, 3, 4, 2).reshape(n, -1, cls.shape[2]))
+
+
+#: head type -> traceable decoder (head, eval output, (net_h, net_w)) -> (boxes, objectness, scores)
+DECODERS: dict[str, Callable[..., tuple[Tensor, Tensor, Tensor]]] = {
+    "yolo": _decode_yolo,
+    "region": _decode_region,
+}
+
+
+class BoxDecoder(nn.Module):
+    """The model with its heads decoded, all in torch (so it exports to ONNX).
+
+    ``forward(x: Tensor[N, C, H, W])`` -> ``(boxes Tensor[N, K, 4], scores
+    Tensor[N, K, classes], objectness Tensor[N, K])``: boxes are centre x, y,
+    w, h relative to the network input (darknet's ``get_network_boxes`` with the
+    image size equal to the network size), ``scores`` = objectness x class
+    probability, rows in darknet's detection order, heads in layer order.
+    Thresholding and NMS are left to the caller, as darknet does them.
+    """
+
+    def __init__(self, model: Darknet):
+        super().__init__()
+        heads = [model.module_list[i] for i in model.heads]
+        if not heads:
+            raise ConvertError(f"{model.cfg.file}: the network has no detection head to decode")
+        for h in heads:
+            if h.type not in DECODERS:
+                s = h.section
+                raise ConvertError(f"{s.file}:{s.line}: layer {h.index} [{s.name}]: decoded-box export "
+                                   f"supports {', '.join('[%s]' % t for t in DECODERS)} heads, not "
+                                   f"[{h.type}]; export the raw head outputs instead")
+        classes = {h.classes for h in heads}
+        if len(classes) > 1:
+            raise ConvertError(f"{model.cfg.file}: heads with different class counts {sorted(classes)} "
+                               f"cannot be decoded into one score tensor")
+        self.model = model
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        outs = self.model(x)
+        net_hw = (self.model.height, self.model.width)
+        parts = [DECODERS[self.model.module_list[i].type](self.model.module_list[i], y, net_hw)
+                 for i, y in zip(self.model.heads, outs)]
+        boxes = torch.cat([p[0] for p in parts], dim=1)
+        objectness = torch.cat([p[1] for p in parts], dim=1)
+        scores = torch.cat([p[2] for p in parts], dim=1)
+        return boxes, scores, objectness
+
+
+# ---------------------------------------------------------------- ONNX
+
+class _Outputs(nn.Module):
+    """The model returning a tuple (what the exporter wants)."""
+
+    def __init__(self, model: Darknet):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        return tuple(self.model(x))
+
+
+class TeacherForced(nn.Module):
+    """Every layer of ``model`` run on given inputs (the outputs of its sources).
+
+    ``forward(*feeds)`` takes one tensor per index in ``self.feeds`` (-1 = the
+    network input) and returns every layer's output: exported to ONNX, each
+    layer is checked on its own, free of the rounding a deep network amplifies.
+    """
+
+    def __init__(self, model: Darknet, layers: Sequence[int] | None = None):
+        super().__init__()
+        self.model = model
+        self.layers = list(range(len(model.module_list))) if layers is None else list(layers)
+        self.feeds = sorted({s for i in self.layers for s in model.module_list[i].sources})
+
+    def forward(self, *feeds: Tensor) -> tuple[Tensor, ...]:
+        src = dict(zip(self.feeds, feeds))
+        return tuple(self.model.module_list[i](*(src[s] for s in self.model.module_list[i].sources))
+                     for i in self.layers)
+
+
+def _onnx_bytes(module: nn.Module, args: tuple[Tensor, ...], input_names: list[str],
+                output_names: list[str], opset: int) -> bytes:
+    buf = io.BytesIO()
+    axes = {name: {0: "batch"} for name in input_names + output_names}
+    # the exporter restores the wrapper's own mode afterwards, recursively: keep it eval
+    module.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, args, buf, dynamo=False, input_names=input_names,
+                          output_names=output_names, dynamic_axes=axes, opset_version=opset,
+                          do_constant_folding=True)
+    return buf.getvalue()
+
+
+def _ort_run(data: bytes, feeds: dict[str, Tensor]) -> list:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 4
+    sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+    return sess.run(None, {k: v.detach().cpu().numpy() for k, v in feeds.items()})
+
+
+def _rel(a, b: Tensor) -> float:
+    ref = b.detach().cpu().double()
+    got = torch.as_tensor(a).double().reshape(ref.shape)
+    if ref.numel() == 0:
+        return 0.0
+    same = (got == ref) | (got.isnan() & ref.isnan())   # equal infinities / NaNs agree
+    diff = torch.where(same, torch.zeros_like(ref), (got - ref).abs())
+    finite = ref[ref.isfinite()]
+    scale = max(1.0, float(finite.abs().max())) if finite.numel() else 1.0
+    return float(diff.max()) / scale   # NaN (never <= atol) when only one side is NaN
+
+
+def _layer_name(model: Darknet, i: int) -> str:
+    s = model.module_list[i].section
+    return f"layer {i} [{s.name}] ({s.file}:{s.line})"
+
+
+def _all_outputs(model: Darknet, x: Tensor) -> dict[int, Tensor]:
+    with torch.no_grad():
+        return model.forward_all(x, keep=range(len(model.module_list)))
+
+
+def _probe_layers(model: Darknet, x: Tensor, opset: int, atol: float,
+                  x_trace: Tensor | None = None) -> tuple[float, list[float]]:
+    """Export all layers teacher-forced, run them in onnxruntime, compare each with torch.
+
+    The graph is traced on the layer inputs of ``x_trace`` (a fresh random batch
+    by default) and checked on those of ``x``, so a value the trace froze in
+    shows up.  Returns (worst relative difference, per-layer differences);
+    raises a :class:`ConvertError` naming the first layer that cannot be
+    exported, run or matched (one layer at a time when the whole probe fails).
+    """
+    if x_trace is None:
+        x_trace = torch.rand(x.shape, generator=torch.Generator().manual_seed(12345)).to(x)
+    outs, touts = _all_outputs(model, x), _all_outputs(model, x_trace)
+    outs[-1], touts[-1] = x, x_trace
+    probe = TeacherForced(model)
+    names = [f"in_{s}" for s in probe.feeds]
+    feeds = dict(zip(names, (outs[s] for s in probe.feeds)))
+    try:
+        data = _onnx_bytes(probe, tuple(touts[s] for s in probe.feeds), names,
+                           [f"out_{i}" for i in probe.layers], opset)
+        got = _ort_run(data, feeds)
+    except Exception:
+        got = None
+    if got is not None:
+        diffs = [_rel(g, outs[i]) for g, i in zip(got, probe.layers)]
+        for i, d in zip(probe.layers, diffs):
+            if not d <= atol:
+                raise ConvertError(f"{_layer_name(model, i)}: the ONNX graph of this layer differs "
+                                   f"from torch by {d:.3g} (relative to its max |value|); it cannot "
+                                   f"be exported faithfully")
+        return max(diffs, default=0.0), diffs
+    diffs = []
+    for i in range(len(model.module_list)):   # find the first layer that fails on its own
+        one = TeacherForced(model, [i])
+        n = [f"in_{s}" for s in one.feeds]
+        try:
+            data = _onnx_bytes(one, tuple(touts[s] for s in one.feeds), n, ["out"], opset)
+            res = _ort_run(data, dict(zip(n, (outs[s] for s in one.feeds))))
+        except Exception as exc:
+            raise ConvertError(f"{_layer_name(model, i)}: cannot be expressed in ONNX (opset {opset}): "
+                               f"{_first_line(exc)}") from None
+        d = _rel(res[0], outs[i])
+        if not d <= atol:
+            raise ConvertError(f"{_layer_name(model, i)}: the ONNX graph of this layer differs from "
+                               f"torch by {d:.3g}; it cannot be exported faithfully")
+        diffs.append(d)
+    raise ConvertError(f"{model.cfg.file}: every layer exports on its own but the whole network "
+                       f"does not")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
+
+
+@dataclass
+class OnnxReport:
+    """What :func:`export_onnx` wrote and how it was checked."""
+
+    file: str
+    outputs: list[str]
+    bytes: int
+    checked: bool
+    end_to_end_diff: float | None = None     # whole graph vs torch, relative to max |value|
+    worst_layer_diff: float | None = None    # teacher-forced, when the whole-graph check needed it
+    note: str = ""
+
+
+def export_onnx(model: Darknet, path: str | os.PathLike, *, decode: bool = False, opset: int = 17,
+                check: bool = True, atol: float = 1e-4, seed: int = 0) -> OnnxReport:
+    """Export ``model`` (eval mode) to ONNX with a dynamic batch axis, atomically.
+
+    Outputs: one per head, named ``<type>_<layer>`` (e.g. ``yolo_16``), as the
+    model returns them in eval mode; with ``decode=True`` instead ``boxes``,
+    ``scores``, ``objectness`` (:class:`BoxDecoder`).  With ``check`` (and
+    onnxruntime installed) the graph is run on a random batch of 2 and compared
+    with torch; beyond ``atol`` every layer is checked on its own
+    (teacher-forced) so a layer ONNX cannot express is named, while a deep
+    network's amplified float rounding is told apart and accepted.  Any failure
+    is a :class:`ConvertError` naming the layer and its cfg line.
+    """
+    path = os.fspath(path)
+    was_training = model.training
+    model.eval()
+    try:
+        module: nn.Module = BoxDecoder(model) if decode else _Outputs(model)
+        c, h, w = model.input_shape
+        gen = torch.Generator().manual_seed(seed)
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        x1 = torch.rand(1, c, h, w, generator=gen).to(device)
+        if decode:
+            out_names = ["boxes", "scores", "objectness"]
+        else:
+            idx = model.heads or [len(model.module_list) - 1]
+            out_names = [f"{model.module_list[i].type}_{i}" for i in idx]
+        try:
+            data = _onnx_bytes(module, (x1,), ["input"], out_names, opset)
+        except DarknetError:
+            raise
+        except Exception as exc:
+            _probe_layers(model, x1, opset, atol)   # names the layer when one is at fault
+            raise ConvertError(f"{model.cfg.file}: ONNX export failed: {_first_line(exc)}") from None
+        report = OnnxReport(path, out_names, len(data), checked=False)
+        if check:
+            _check_onnx(model, module, data, report, opset, atol, gen, device)
+        try:
+            atomic_write(path, data)
+        except OSError as exc:
+            raise _write_error(path, exc) from None
+        return report
+    finally:
+        model.train(was_training)
+
+
+def _check_onnx(model: Darknet, module: nn.Module, data: bytes, report: OnnxReport, opset: int,
+                atol: float, gen: torch.Generator, device) -> None:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        report.note = "not checked: onnxruntime is not installed"
+        return
+    c, h, w = model.input_shape
+    x2 = torch.rand(2, c, h, w, generator=gen).to(device)
+    with torch.no_grad():
+        ref = module(x2)
+    try:
+        got = _ort_run(data, {"input": x2})
+        diffs = [_rel(g, r) for g, r in zip(got, ref)]
+        diff = float("inf") if any(d != d for d in diffs) else max(diffs)
+    except Exception:
+        diff = float("inf")
+    report.checked = True
+    report.end_to_end_diff = diff
+    if diff <= atol:
+        return
+    worst, _ = _probe_layers(model, x2, opset, atol)   # raises naming the layer at fault
+    if diff == float("inf"):
+        raise ConvertError(f"{model.cfg.file}: onnxruntime cannot run the exported graph, though "
+                           f"each layer exports on its own")
+    report.worst_layer_diff = worst
+    report.note = (f"whole graph differs from torch by {diff:.3g} (relative), every layer on its own "
+                   f"by <= {worst:.3g}: float rounding amplified by depth")
+
+
+# ---------------------------------------------------------------- writers, convert, partial
+
+def _save_onnx(model: Darknet, path, *, decode: bool = False, opset: int = 17, check: bool = True,
+               **_) -> OnnxReport:
+    return export_onnx(model, path, decode=decode, opset=opset, check=check)
+
+
+def _save_pt(model: Darknet, path, *, version=None, cutoff=None, **_) -> Header:
+    return save_pt(model, path, version=version, cutoff=cutoff)
+
+
+def _save_st(model: Darknet, path, *, version=None, cutoff=None, **_) -> Header:
+    return save_safetensors(model, path, version=version, cutoff=cutoff)
+
+
+#: output extension -> writer(model, path, *, version, cutoff, decode, opset, check)
+WRITERS: dict[str, Callable[..., object]] = {
+    ".weights": _save_darknet, ".pt": _save_pt, ".pth": _save_pt, ".safetensors": _save_st,
+    ".onnx": _save_onnx,
+}
+
+
+@dataclass
+class ConvertReport:
+    source: LoadInfo
+    target: str
+    result: object      # the Header written, or an OnnxReport
+
+    def __str__(self) -> str:
+        s = f"{self.source.file} -> {self.target}"
+        if isinstance(self.result, Header):
+            h = self.result
+            s += f" (header {h.major}.{h.minor}.{h.revision}, seen={h.seen})"
+        elif isinstance(self.result, OnnxReport):
+            r = self.result
+            s += f" (outputs {', '.join(r.outputs)}"
+            if r.checked:
+                s += f"; onnxruntime matches torch to {r.end_to_end_diff:.2g}"
+            s += f"{'; ' + r.note if r.note else ''})"
+        if self.source.cutoff is not None:
+            s += f"; the source held only layers 0..{self.source.cutoff - 1}"
+        return s
+
+
+def convert(src: str | os.PathLike, dst: str | os.PathLike, *, cfg=None, dialect: str = "auto",
+            version: tuple[int, int, int] | None = None, decode: bool = False, strict: bool = True,
+            allow_trailing: bool = False, opset: int = 17, check: bool = True) -> ConvertReport:
+    """Convert between .weights, .pt, .safetensors (and export .onnx), by extension.
+
+    The header (``seen`` included) is kept unless ``version`` asks for another;
+    a partial source stays partial.
+    """
+    writer = WRITERS.get(_ext(dst))
+    if writer is None:
+        raise ConvertError(f"{os.fspath(dst)}: unknown output extension {_ext(dst)!r}; expected one "
+                           f"of {', '.join(sorted(WRITERS))}")
+    model, info = load_model(src, cfg=cfg, dialect=dialect, strict=strict,
+                             allow_trailing=allow_trailing)
+    result = writer(model, dst, version=version, cutoff=info.cutoff, decode=decode, opset=opset,
+                    check=check)
+    return ConvertReport(info, os.fspath(dst), result)
+
+
+def partial(cfg, weights: str | os.PathLike, out: str | os.PathLike, n: int, *,
+            dialect: str = "auto", version: tuple[int, int, int] | None = None) -> Header:
+    """darknet's ``partial``: layers [0, n) of ``weights`` into ``out``, ``seen`` reset to 0.
+
+    The header is the one the dialect's darknet writes (pjreddie 0.2.0,
+    AlexeyAB 0.2.5) unless ``version`` asks for another.
+    """
+    model = Darknet(cfg, dialect=dialect)
+    layers = len(model.module_list)
+    if not 0 < n <= layers:
+        raise ConvertError(f"{model.cfg.file}: N={n} must lie in 1..{layers} (the cfg has {layers} "
+                           f"layers)")
+    try:
+        model.load_weights(weights, cutoff=n, allow_partial=False)
+    except WeightsError as exc:
+        raise ConvertError(f"cannot take the first {n} layers: {exc}") from None
+    return model.save_weights(out, cutoff=n, version=version or DEFAULT_VERSION[model.dialect], seen=0)

@@ -1,0 +1,258 @@
+"""Darknet's detection augmentation (``load_data_detection``), both dialects.
+
+One augmentation = random parameters drawn by the dialect's rules, then the
+pixels and the boxes transformed with those same parameters:
+
+* pjreddie (data.c at f6afaab): the image is scaled to ``nw x nh`` with a new
+  aspect ratio ``(W + U(-dw, dw)) / (H + U(-dh, dh))`` (``dw = jitter*W``), its
+  longer side filling the network size, and placed at a random offset on a
+  0.5 canvas; then hue/saturation/exposure; then a random horizontal flip.
+  Boxes: ``correct_boxes(-dx/w, -dy/h, nw/w, nh/h)``.
+* AlexeyAB (data.c, OpenCV path): a crop ``pleft, pright, ptop, pbot`` each
+  ``U(-dw, dw)`` pixels (``dw = int(jitter*W)``, plus the ``resize`` term, plus
+  the ``letter_box`` padding), mean-colour fill outside the image, resize to
+  the network size, flip (when ``[net] flip=1``), HSV jitter.  Boxes:
+  ``correct_boxes(pleft/W/sx, ptop/H/sy, 1/sx, 1/sy)`` with ``sx = swidth/W``.
+
+Then the boxes are shuffled, corrected, clipped and dropped by the dialect's
+``fill_truth_detection`` (:mod:`darknet_py.data.truth`).  Parameters can be
+given instead of drawn (``augment_with``), which is how the tests check a
+crop/flip worked out by hand.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from ..errors import DataError
+from . import image_ops
+from .rng import coin, rand_scale, rand_uniform
+from .truth import FILL_TRUTH, F32, correct_boxes, randomize_boxes
+
+HEAD_TYPES = ("yolo", "Gaussian_yolo", "region", "detection")
+#: AlexeyAB [net] augmentations this loader does not implement (reported, not silently used)
+UNSUPPORTED_NET_KEYS = ("mixup", "cutmix", "blur", "gaussian_noise", "angle", "track",
+                        "contrastive")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """The augmentation options darknet's detector training reads from a cfg."""
+
+    dialect: str
+    classes: int
+    max_boxes: int
+    jitter: float = 0.2
+    hue: float = 0.0
+    saturation: float = 1.0
+    exposure: float = 1.0
+    flip: bool = True
+    resize: float = 1.0
+    letter_box: bool = False
+    mosaic: bool = False
+    mosaic_bound: bool = False
+    ignored: tuple[str, ...] = field(default=(), compare=False)
+
+    @classmethod
+    def from_cfg(cls, cfg) -> "AugmentConfig":
+        """From a parsed :class:`~darknet_py.cfg.Cfg`: [net] hue/saturation/
+        exposure/flip/letter_box/mosaic, and jitter/max/resize/classes of the
+        last detection layer (the layer darknet's ``train_detector`` reads)."""
+        heads = [s for s in cfg.layers if s.type in HEAD_TYPES]
+        if not heads:
+            raise DataError(f"{cfg.file}: the cfg has no [yolo]/[region]/[detection] layer, "
+                            f"so it cannot be trained as a detector")
+        head, net = heads[-1], cfg.net
+        ab = cfg.dialect == "alexeyab"
+        ignored = tuple(k for k in UNSUPPORTED_NET_KEYS
+                        if k in net and net[k] not in (0, 0.0, None))
+        return cls(
+            dialect=cfg.dialect, classes=int(head["classes"]), max_boxes=int(head["max"]),
+            jitter=float(head["jitter"]), hue=float(net["hue"]),
+            saturation=float(net["saturation"]) or 1.0,  # darknet: 0 means 1
+            exposure=float(net["exposure"]) or 1.0,
+            flip=bool(net["flip"]) if ab else True,
+            resize=float(head.get("resize", 1.0)) if ab else 1.0,
+            letter_box=bool(net["letter_box"]) if ab else False,
+            mosaic=bool(net["mosaic"]) if ab else False,
+            mosaic_bound=bool(net["mosaic_bound"]) if ab else False,
+            ignored=ignored)
+
+
+@dataclass(frozen=True)
+class Colour:
+    """Colour jitter: hue shift (turns), saturation and exposure factors."""
+
+    dhue: float = 0.0
+    dsat: float = 1.0
+    dexp: float = 1.0
+
+    @classmethod
+    def sample(cls, rng: np.random.Generator, cfg: AugmentConfig) -> "Colour":
+        return cls(rand_uniform(rng, -cfg.hue, cfg.hue), rand_scale(rng, cfg.saturation),
+                   rand_scale(rng, cfg.exposure))
+
+
+@dataclass(frozen=True)
+class Placement:
+    """pjreddie: the image scaled to ``nw x nh`` at ``(dx, dy)`` of the network input."""
+
+    nw: float
+    nh: float
+    dx: float
+    dy: float
+    flip: bool = False
+    colour: Colour = Colour()
+
+    def correct_args(self, ow: int, oh: int, w: int, h: int) -> tuple[float, float, float, float]:
+        return (-F32(self.dx) / F32(w), -F32(self.dy) / F32(h),
+                F32(self.nw) / F32(w), F32(self.nh) / F32(h))
+
+
+@dataclass(frozen=True)
+class Crop:
+    """AlexeyAB: the crop ``[pleft, W - pright) x [ptop, H - pbot)`` (pixels,
+    negative = padding) of the original image, resized to the network input."""
+
+    pleft: int
+    pright: int
+    ptop: int
+    pbot: int
+    flip: bool = False
+    colour: Colour = Colour()
+
+    def size(self, ow: int, oh: int) -> tuple[int, int]:
+        return ow - self.pleft - self.pright, oh - self.ptop - self.pbot
+
+    def correct_args(self, ow: int, oh: int, w: int, h: int) -> tuple[float, float, float, float]:
+        swidth, sheight = self.size(ow, oh)
+        sx, sy = F32(swidth) / F32(ow), F32(sheight) / F32(oh)
+        dx = (F32(self.pleft) / F32(ow)) / sx
+        dy = (F32(self.ptop) / F32(oh)) / sy
+        return dx, dy, F32(1.0 / float(sx)), F32(1.0 / float(sy))
+
+
+class Augmenter(Protocol):
+    """One dialect's augmentation: draw parameters, transform the pixels."""
+
+    def sample(self, rng: np.random.Generator, ow: int, oh: int, w: int, h: int,
+               cfg: AugmentConfig): ...
+
+    def image(self, img: np.ndarray, params, w: int, h: int) -> np.ndarray:
+        """uint8 RGB ``Array[H, W, 3]`` -> float32 ``Array[h, w, 3]`` in [0, 1]."""
+
+
+class PjreddieAugmenter:
+    def sample(self, rng: np.random.Generator, ow: int, oh: int, w: int, h: int,
+               cfg: AugmentConfig) -> Placement:
+        dw, dh = F32(cfg.jitter) * F32(ow), F32(cfg.jitter) * F32(oh)
+        new_ar = (F32(ow) + F32(rand_uniform(rng, -dw, dw))) / (F32(oh) + F32(rand_uniform(rng, -dh, dh)))
+        if new_ar < 1:
+            nh = F32(h)
+            nw = nh * new_ar
+        else:
+            nw = F32(w)
+            nh = nw / new_ar
+        dx = F32(rand_uniform(rng, 0.0, float(F32(w) - nw)))
+        dy = F32(rand_uniform(rng, 0.0, float(F32(h) - nh)))
+        colour = Colour.sample(rng, cfg)
+        return Placement(float(nw), float(nh), float(dx), float(dy), coin(rng), colour)
+
+    def image(self, img: np.ndarray, p: Placement, w: int, h: int) -> np.ndarray:
+        canvas = np.full((h, w, 3), 0.5, np.float32)
+        out = image_ops.place_image(image_ops.to_float(img), int(p.nw), int(p.nh),
+                                    int(p.dx), int(p.dy), canvas)
+        c = p.colour
+        out = image_ops.distort_hsv_float(out, c.dhue, c.dsat, c.dexp)
+        return image_ops.flip_horizontal(out) if p.flip else out
+
+
+def _precalc(lo: float, hi: float, r: float) -> float:
+    """AlexeyAB's ``rand_precalc_random``: ``r`` in [0, 1] mapped onto [lo, hi]."""
+    if hi < lo:
+        lo, hi = hi, lo
+    return r * (hi - lo) + lo
+
+
+class AlexeyABAugmenter:
+    def sample(self, rng: np.random.Generator, ow: int, oh: int, w: int, h: int,
+               cfg: AugmentConfig) -> Crop:
+        dw, dh = int(ow * cfg.jitter), int(oh * cfg.jitter)
+        down = cfg.resize if cfg.resize <= 1.0 else 1.0 / cfg.resize
+        up = cfg.resize if cfg.resize >= 1.0 else 1.0 / cfg.resize
+        min_rdw, min_rdh = int(ow * (1 - 1 / down) / 2), int(oh * (1 - 1 / down) / 2)
+        max_rdw, max_rdh = int(ow * (1 - 1 / up) / 2), int(oh * (1 - 1 / up) / 2)
+        resize_r1, resize_r2 = float(rng.random()), float(rng.random())
+        r1, r2, r3, r4 = (float(v) for v in rng.random(4))
+        flip = coin(rng) if cfg.flip else False
+        colour = Colour.sample(rng, cfg)
+        pleft, pright = int(_precalc(-dw, dw, r1)), int(_precalc(-dw, dw, r2))
+        ptop, pbot = int(_precalc(-dh, dh, r3)), int(_precalc(-dh, dh, r4))
+        hi_w, hi_h = (0, 0) if cfg.resize < 1 else (max_rdw, max_rdh)
+        pleft = int(pleft + _precalc(min_rdw, hi_w, resize_r1))
+        pright = int(pright + _precalc(min_rdw, hi_w, resize_r2))
+        ptop = int(ptop + _precalc(min_rdh, hi_h, resize_r1))
+        pbot = int(pbot + _precalc(min_rdh, hi_h, resize_r2))
+        if cfg.letter_box:
+            net_ar = w / h
+            if (ow / oh) / net_ar > 1:  # the crop must be taller
+                delta = (ow / net_ar - oh) / 2
+                ptop, pbot = int(ptop - delta), int(pbot - delta)
+            else:
+                delta = (oh * net_ar - ow) / 2
+                pleft, pright = int(pleft - delta), int(pright - delta)
+        return Crop(pleft, pright, ptop, pbot, flip, colour)
+
+    def image(self, img: np.ndarray, p: Crop, w: int, h: int) -> np.ndarray:
+        oh, ow = img.shape[:2]
+        swidth, sheight = p.size(ow, oh)
+        out = image_ops.crop_resize_uint8(img, p.pleft, p.ptop, swidth, sheight, w, h)
+        if p.flip:
+            out = image_ops.flip_horizontal(out)
+        c = p.colour
+        return image_ops.to_float(image_ops.distort_hsv_uint8(out, c.dhue, c.dsat, c.dexp))
+
+
+AUGMENTERS: dict[str, Augmenter] = {
+    "pjreddie": PjreddieAugmenter(),
+    "alexeyab": AlexeyABAugmenter(),
+}
+
+
+def augmenter(dialect: str) -> Augmenter:
+    try:
+        return AUGMENTERS[dialect]
+    except KeyError:
+        raise DataError(f"unknown dialect {dialect!r}; expected one of "
+                        f"{', '.join(AUGMENTERS)}") from None
+
+
+def transform_truth(labels: np.ndarray, params, ow: int, oh: int, w: int, h: int,
+                    cfg: AugmentConfig, rng: np.random.Generator | None) -> np.ndarray:
+    """The boxes darknet trains on for an image augmented with ``params``:
+    shuffled (when ``rng`` is given), corrected, clipped, dropped.
+    ``Array[N, 5]`` -> ``Array[K, 5]`` (class, cx, cy, w, h)."""
+    boxes = randomize_boxes(rng, labels) if rng is not None else labels
+    dx, dy, sx, sy = params.correct_args(ow, oh, w, h)
+    boxes = correct_boxes(boxes, dx, dy, sx, sy, params.flip, cfg.dialect)
+    return FILL_TRUTH[cfg.dialect](boxes, cfg.max_boxes, w, h)
+
+
+def augment_with(img: np.ndarray, labels: np.ndarray, params, w: int, h: int,
+                 cfg: AugmentConfig, rng: np.random.Generator | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Apply given parameters: (float32 ``Array[h, w, 3]``, truth ``Array[K, 5]``)."""
+    oh, ow = img.shape[:2]
+    out = augmenter(cfg.dialect).image(img, params, w, h)
+    return out, transform_truth(labels, params, ow, oh, w, h, cfg, rng)
+
+
+def augment(img: np.ndarray, labels: np.ndarray, rng: np.random.Generator, w: int, h: int,
+            cfg: AugmentConfig) -> tuple[np.ndarray, np.ndarray]:
+    """One random darknet augmentation of one image (no mosaic)."""
+    oh, ow = img.shape[:2]
+    params = augmenter(cfg.dialect).sample(rng, ow, oh, w, h, cfg)
+    return augment_with(img, labels, params, w, h, cfg, rng)
+

@@ -1,0 +1,485 @@
+"""From head outputs to darknet's detections: decode, map back to the image, NMS.
+
+This reproduces, step by step and in darknet's float32/float64 arithmetic,
+what ``get_network_boxes`` and ``do_nms_sort`` / ``diounms_sort`` do:
+
+* :data:`DECODERS` maps a head type to the function turning one image's head
+  output (darknet's ``l.output``) into :class:`Detections` in darknet's array
+  order: ``[yolo]`` (pjreddie; AlexeyAB ``scale_x_y`` is in the head output,
+  ``new_coords``), ``[Gaussian_yolo]``, ``[region]`` (the pjreddie and the
+  AlexeyAB variant), ``[detection]`` (yolov1);
+* :data:`CORRECTIONS` maps a dialect to its ``correct_yolo_boxes`` (the box
+  back to the original image, for a letterboxed or a plainly resized input);
+* :func:`nms_sort` is ``do_nms_sort`` (per class, stable sort by probability,
+  strict ``> thresh`` suppression; probabilities are zeroed, nothing removed)
+  and AlexeyAB's ``diounms_sort`` for ``nms_kind`` greedynms / diounms /
+  cornersnms (:data:`NMS_OVERLAPS`).
+
+``thresh`` follows darknet: a [yolo] box is kept when objectness > thresh and
+each class probability ``objectness * p`` is kept when > thresh (else 0);
+[region] and [detection] always emit every box.  ``hier_thresh`` is only read
+by yolo9000's tree heads, which darknet_py rejects at build time.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from . import boxes as B
+from .image import letterbox_size
+
+F32 = np.float32
+F64 = np.float64
+
+
+@dataclass
+class Detections:
+    """darknet's ``detection`` array for one image, in darknet's order.
+
+    ``boxes``: ``float32 [N, 4]`` centre (x, y, w, h), relative to the image
+    when ``relative[i]`` (every head but yolov1's [detection], whose boxes
+    darknet gives in pixels); ``objectness``: ``[N]``; ``prob``:
+    ``[N, classes]`` (0 where not above thresh or suppressed); ``sort_class``:
+    ``[N]`` as darknet leaves it (``classes - 1`` after NMS).
+    """
+
+    boxes: np.ndarray
+    objectness: np.ndarray
+    prob: np.ndarray
+    sort_class: np.ndarray
+    relative: np.ndarray
+    classes: int = 0
+
+    def __len__(self) -> int:
+        return int(self.boxes.shape[0])
+
+    @staticmethod
+    def empty(classes: int) -> "Detections":
+        return Detections(np.zeros((0, 4), F32), np.zeros(0, F32), np.zeros((0, classes), F32),
+                          np.zeros(0, np.int64), np.zeros(0, bool), classes)
+
+    @staticmethod
+    def concat(parts: Sequence["Detections"], classes: int) -> "Detections":
+        if not parts:
+            return Detections.empty(classes)
+        return Detections(np.concatenate([p.boxes for p in parts]),
+                          np.concatenate([p.objectness for p in parts]),
+                          np.concatenate([p.prob for p in parts]),
+                          np.concatenate([p.sort_class for p in parts]),
+                          np.concatenate([p.relative for p in parts]), classes)
+
+    def take(self, order: np.ndarray) -> "Detections":
+        return Detections(self.boxes[order], self.objectness[order], self.prob[order],
+                          self.sort_class[order], self.relative[order], self.classes)
+
+    def rows(self) -> np.ndarray:
+        """``float32 [N, 6 + classes]``: darknet's ``[x, y, w, h, objectness,
+        sort_class, prob...]`` rows (the conformance ``dets_*`` layout)."""
+        return np.concatenate([self.boxes, self.objectness[:, None],
+                               self.sort_class[:, None].astype(F32), self.prob], axis=1)
+
+    def pairs(self, thresh: float) -> list[tuple[int, int, float]]:
+        """``(det index, class, prob)`` for every prob > thresh, in the order
+        darknet prints them (detections in array order, classes ascending)."""
+        t = F32(thresh)
+        idx, cls = np.nonzero(self.prob > t)
+        return [(int(i), int(c), float(self.prob[i, c])) for i, c in zip(idx, cls)]
+
+    def corners(self, index: int, width: int, height: int, clip: bool = True) -> tuple[float, ...]:
+        """``(left, top, right, bottom)`` of detection ``index`` in pixels of a
+        ``width x height`` image (darknet's ``draw_detections`` arithmetic,
+        without its int truncation; clipped to ``[0, width-1] x [0, height-1]``)."""
+        x, y, w, h = (float(v) for v in self.boxes[index])
+        sx, sy = (width, height) if self.relative[index] else (1.0, 1.0)
+        left, right = (x - w / 2.0) * sx, (x + w / 2.0) * sx
+        top, bot = (y - h / 2.0) * sy, (y + h / 2.0) * sy
+        if clip:
+            left, top = max(left, 0.0), max(top, 0.0)
+            right, bot = min(right, width - 1.0), min(bot, height - 1.0)
+        return left, top, right, bot
+
+
+@dataclass(frozen=True)
+class DecodeContext:
+    """What ``get_network_boxes`` is called with: the original image size, the
+    network size, thresholds, whether the input was letterboxed, the dialect."""
+
+    image_w: int
+    image_h: int
+    net_w: int
+    net_h: int
+    thresh: float = 0.25
+    hier_thresh: float = 0.5
+    letter: bool = True
+    dialect: str = "pjreddie"
+    relative: bool = True
+
+
+# ------------------------------------------------------------------ helpers
+def _f32(t: Tensor) -> np.ndarray:
+    return t.detach().to("cpu", torch.float32).numpy()
+
+
+def _logistic_f32(x: np.ndarray) -> np.ndarray:
+    """``1.f / (1.f + expf(-x))`` (AlexeyAB's float logistic)."""
+    with np.errstate(over="ignore"):
+        return (F32(1) / (F32(1) + np.exp(-x.astype(F32)))).astype(F32)
+
+
+def _anchors64(anchors) -> np.ndarray:
+    """``[n, 2]`` anchors as darknet holds them (float32), widened to double."""
+    return np.asarray(anchors, dtype=F32).reshape(-1, 2).astype(F64)
+
+
+def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """(col, row) float32 of every location ``i = row * w + col``."""
+    loc = np.arange(h * w)
+    return (loc % w).astype(F32), (loc // w).astype(F32)
+
+
+def _class_probs(obj: np.ndarray, p: np.ndarray, thresh: np.float32) -> np.ndarray:
+    """``prob = obj * p`` in float; kept where > thresh, else 0."""
+    prob = (obj[:, None] * p).astype(F32)
+    return np.where(prob > thresh, prob, F32(0)).astype(F32)
+
+
+# ------------------------------------------------------------ box correction
+def _new_size(ctx: DecodeContext) -> tuple[int, int]:
+    if ctx.letter:
+        return letterbox_size(ctx.image_w, ctx.image_h, ctx.net_w, ctx.net_h)
+    return ctx.net_w, ctx.net_h
+
+
+def correct_boxes_pjreddie(b: np.ndarray, ctx: DecodeContext) -> np.ndarray:
+    """pjreddie ``correct_yolo_boxes`` / ``correct_region_boxes`` (and AlexeyAB's
+    Gaussian one): offsets in double, ``w *= (float)netw / new_w``."""
+    new_w, new_h = _new_size(ctx)
+    nw, nh = ctx.net_w, ctx.net_h
+    out = np.empty_like(b)
+    out[:, 0] = ((b[:, 0].astype(F64) - (nw - new_w) / 2.0 / nw) / F64(F32(new_w) / F32(nw))).astype(F32)
+    out[:, 1] = ((b[:, 1].astype(F64) - (nh - new_h) / 2.0 / nh) / F64(F32(new_h) / F32(nh))).astype(F32)
+    out[:, 2] = b[:, 2] * (F32(nw) / F32(new_w))
+    out[:, 3] = b[:, 3] * (F32(nh) / F32(new_h))
+    return _to_pixels(out, ctx)
+
+
+def correct_boxes_alexeyab(b: np.ndarray, ctx: DecodeContext) -> np.ndarray:
+    """AlexeyAB ``correct_yolo_boxes``: float ratios, ``w *= 1 / ratiow``."""
+    new_w, new_h = _new_size(ctx)
+    nw, nh = ctx.net_w, ctx.net_h
+    ratiow, ratioh = F32(new_w) / F32(nw), F32(new_h) / F32(nh)
+    out = np.empty_like(b)
+    out[:, 0] = ((b[:, 0].astype(F64) - F64(F32(nw - new_w)) / 2.0 / nw) / F64(ratiow)).astype(F32)
+    out[:, 1] = ((b[:, 1].astype(F64) - F64(F32(nh - new_h)) / 2.0 / nh) / F64(ratioh)).astype(F32)
+    out[:, 2] = b[:, 2] * (F32(1) / ratiow)
+    out[:, 3] = b[:, 3] * (F32(1) / ratioh)
+    return _to_pixels(out, ctx)
+
+
+def _to_pixels(b: np.ndarray, ctx: DecodeContext) -> np.ndarray:
+    if not ctx.relative:
+        b = b * np.array([ctx.image_w, ctx.image_h, ctx.image_w, ctx.image_h], F32)
+    return b.astype(F32)
+
+
+#: dialect -> correct_yolo_boxes
+CORRECTIONS: dict[str, Callable[[np.ndarray, DecodeContext], np.ndarray]] = {
+    "pjreddie": correct_boxes_pjreddie,
+    "alexeyab": correct_boxes_alexeyab,
+}
+
+
+# ------------------------------------------------------------------ decoders
+def decode_yolo(head, out: Tensor, ctx: DecodeContext) -> Detections:
+    """``get_yolo_detections`` for one image: ``out`` is the head's ``Tensor[C, H, W]``."""
+    c, h, w = out.shape
+    n, per = head.n, head.per_anchor
+    thresh = F32(ctx.thresh)
+    v = out.reshape(n, per, h * w)
+    obj_t = v[:, 4, :].t().reshape(-1)  # location-major, then anchor: darknet's loop order
+    keep = torch.nonzero(obj_t > float(thresh)).flatten()
+    if keep.numel() == 0:
+        return Detections.empty(head.classes)
+    sel = v.permute(2, 0, 1).reshape(h * w * n, per)[keep]  # [K, per]
+    sel = _f32(sel)
+    keep_np = keep.cpu().numpy()
+    loc, a = keep_np // n, keep_np % n
+    col, row = (loc % w).astype(F32), (loc // w).astype(F32)
+    anchors = _anchors64(head.anchors)[np.asarray(head.mask)[a]]
+    bx = np.empty((len(keep_np), 4), F32)
+    bx[:, 0] = (col + sel[:, 0]) / F32(w)
+    bx[:, 1] = (row + sel[:, 1]) / F32(h)
+    if getattr(head, "new_coords", 0):
+        a32 = anchors.astype(F32)
+        bx[:, 2] = sel[:, 2] * sel[:, 2] * F32(4) * a32[:, 0] / F32(ctx.net_w)
+        bx[:, 3] = sel[:, 3] * sel[:, 3] * F32(4) * a32[:, 1] / F32(ctx.net_h)
+    else:
+        with np.errstate(over="ignore"):
+            bx[:, 2] = (np.exp(sel[:, 2].astype(F64)) * anchors[:, 0] / ctx.net_w).astype(F32)
+            bx[:, 3] = (np.exp(sel[:, 3].astype(F64)) * anchors[:, 1] / ctx.net_h).astype(F32)
+    obj = sel[:, 4]
+    prob = _class_probs(obj, sel[:, 5:], thresh)
+    boxes = CORRECTIONS[ctx.dialect](bx, ctx)
+    k = len(keep_np)
+    return Detections(boxes, obj.copy(), prob, np.zeros(k, np.int64), np.ones(k, bool), head.classes)
+
+
+_YOLO_POINT_SHIFT = {"center": 0.0, "left_top": 0.5, "right_bottom": -0.5}
+
+
+def decode_gaussian_yolo(head, out: Tensor, ctx: DecodeContext) -> Detections:
+    """``get_gaussian_yolo_detections``: the box from mu x/y/w/h (entries 0, 2,
+    4, 6), ``prob = objectness * p * (1 - mean uncertainty)``."""
+    c, h, w = out.shape
+    n, per = head.n, head.per_anchor
+    thresh = F32(ctx.thresh)
+    v = out.reshape(n, per, h * w)
+    obj_t = v[:, 8, :].t().reshape(-1)
+    keep = torch.nonzero(obj_t > float(thresh)).flatten()
+    if keep.numel() == 0:
+        return Detections.empty(head.classes)
+    sel = _f32(v.permute(2, 0, 1).reshape(h * w * n, per)[keep])
+    keep_np = keep.cpu().numpy()
+    loc, a = keep_np // n, keep_np % n
+    col, row = (loc % w).astype(F32), (loc // w).astype(F32)
+    anchors = _anchors64(head.anchors)[np.asarray(head.mask)[a]]
+    bx = np.empty((len(keep_np), 4), F32)
+    with np.errstate(over="ignore"):
+        bx[:, 2] = (np.exp(sel[:, 4].astype(F64)) * anchors[:, 0] / ctx.net_w).astype(F32)
+        bx[:, 3] = (np.exp(sel[:, 6].astype(F64)) * anchors[:, 1] / ctx.net_h).astype(F32)
+    shift = F32(_YOLO_POINT_SHIFT.get(head.opts.get("yolo_point", "center"), 0.0))
+    bx[:, 0] = (col + sel[:, 0]) / F32(w) + shift * bx[:, 2] if shift else (col + sel[:, 0]) / F32(w)
+    bx[:, 1] = (row + sel[:, 2]) / F32(h) + shift * bx[:, 3] if shift else (row + sel[:, 2]) / F32(h)
+    obj = sel[:, 8]
+    uc_sum = ((sel[:, 1] + sel[:, 3]) + sel[:, 5]) + sel[:, 7]
+    scale = 1.0 - uc_sum.astype(F64) / 4.0
+    prob = ((obj[:, None] * sel[:, 9:]).astype(F64) * scale[:, None]).astype(F32)
+    prob = np.where(prob > thresh, prob, F32(0)).astype(F32)
+    boxes = correct_boxes_pjreddie(bx, ctx)
+    k = len(keep_np)
+    return Detections(boxes, obj.copy(), prob, np.zeros(k, np.int64), np.ones(k, bool), head.classes)
+
+
+def decode_region_pjreddie(head, out: Tensor, ctx: DecodeContext) -> Detections:
+    """pjreddie ``get_region_detections``: every box, anchor-major
+    (index ``n * w * h + i``); objectness 0 when not above thresh."""
+    c, h, w = out.shape
+    n, per, co = head.n, head.per_anchor, head.coords
+    thresh = F32(ctx.thresh)
+    v = _f32(out).reshape(n, per, h * w)
+    col, row = _grid(h, w)
+    anchors = _anchors64(head.anchors)
+    bx = np.empty((n, h * w, 4), F32)
+    bx[:, :, 0] = (col[None] + v[:, 0]) / F32(w)
+    bx[:, :, 1] = (row[None] + v[:, 1]) / F32(h)
+    with np.errstate(over="ignore"):
+        bx[:, :, 2] = (np.exp(v[:, 2].astype(F64)) * anchors[:, :1] / w).astype(F32)
+        bx[:, :, 3] = (np.exp(v[:, 3].astype(F64)) * anchors[:, 1:] / h).astype(F32)
+    scale = np.ones((n, h * w), F32) if head.background else v[:, co]
+    obj = np.where(scale > thresh, scale, F32(0)).astype(F32).reshape(-1)
+    cls = v[:, co + 1:co + 1 + head.classes].transpose(0, 2, 1).reshape(n * h * w, head.classes)
+    prob = _class_probs(scale.reshape(-1), cls, thresh)
+    prob[obj == 0] = 0
+    boxes = CORRECTIONS[ctx.dialect](bx.reshape(-1, 4), ctx)
+    k = n * h * w
+    return Detections(boxes, obj, prob, np.zeros(k, np.int64), np.ones(k, bool), head.classes)
+
+
+def decode_region_alexeyab(head, out: Tensor, ctx: DecodeContext) -> Detections:
+    """AlexeyAB ``custom_get_region_detections``: every box, location-major
+    (index ``i * n + a``), x/y through the logistic here, objectness 1,
+    ``prob = objectness_output * p``."""
+    c, h, w = out.shape
+    n, per = head.n, head.per_anchor
+    thresh = F32(ctx.thresh)
+    v = _f32(out).reshape(n, per, h * w).transpose(2, 0, 1).reshape(h * w * n, per)  # [i*n + a]
+    loc = np.arange(h * w * n) // n
+    a = np.arange(h * w * n) % n
+    col, row = (loc % w).astype(F32), (loc // w).astype(F32)
+    anchors = _anchors64(head.anchors)[a]
+    bx = np.empty((h * w * n, 4), F32)
+    bx[:, 0] = (col + _logistic_f32(v[:, 0])) / F32(w)
+    bx[:, 1] = (row + _logistic_f32(v[:, 1])) / F32(h)
+    with np.errstate(over="ignore"):
+        bx[:, 2] = (np.exp(v[:, 2].astype(F64)) * anchors[:, 0] / w).astype(F32)
+        bx[:, 3] = (np.exp(v[:, 3].astype(F64)) * anchors[:, 1] / h).astype(F32)
+    scale = v[:, 4].copy()
+    if head.opts.get("classfix", 0) == -1:
+        scale[scale < F32(0.5)] = 0
+    prob = _class_probs(scale, v[:, 5:5 + head.classes], thresh)
+    boxes = correct_boxes_alexeyab(bx, ctx)
+    k = h * w * n
+    return Detections(boxes, np.ones(k, F32), prob, np.zeros(k, np.int64), np.ones(k, bool), head.classes)
+
+
+def decode_region(head, out: Tensor, ctx: DecodeContext) -> Detections:
+    return REGION_DECODERS[head.dialect](head, out, ctx)
+
+
+REGION_DECODERS = {"pjreddie": decode_region_pjreddie, "alexeyab": decode_region_alexeyab}
+
+
+def decode_detection(head, out: Tensor, ctx: DecodeContext) -> Detections:
+    """``get_detection_detections`` (yolov1): boxes in PIXELS of the image
+    (darknet multiplies by the image size here and applies no correction)."""
+    side, n, classes = head.side, head.n, head.classes
+    s2 = side * side
+    flat = _f32(out).reshape(-1)
+    cls = flat[:s2 * classes].reshape(s2, classes)
+    conf = flat[s2 * classes:s2 * (classes + n)].reshape(s2, n)
+    coords = flat[s2 * (classes + n):].reshape(s2, n, 4)
+    col, row = _grid(side, side)
+    W, H = F32(ctx.image_w), F32(ctx.image_h)
+    power = 2.0 if head.sqrt else 1.0
+    bx = np.empty((s2, n, 4), F32)
+    bx[:, :, 0] = (coords[:, :, 0] + col[:, None]) / F32(side) * W
+    bx[:, :, 1] = (coords[:, :, 1] + row[:, None]) / F32(side) * H
+    bx[:, :, 2] = (np.power(coords[:, :, 2].astype(F64), power) * ctx.image_w).astype(F32)
+    bx[:, :, 3] = (np.power(coords[:, :, 3].astype(F64), power) * ctx.image_h).astype(F32)
+    thresh = F32(ctx.thresh)
+    obj = conf.reshape(-1)
+    cls_rep = np.repeat(cls, n, axis=0)  # det index i*n + a reads the cell's class scores
+    prob = _class_probs(obj, cls_rep, thresh)
+    k = s2 * n
+    return Detections(bx.reshape(-1, 4), obj.copy(), prob, np.zeros(k, np.int64), np.zeros(k, bool), classes)
+
+
+#: head type -> decoder(head layer, one image's head output [C, H, W], context)
+DECODERS: dict[str, Callable[..., Detections]] = {
+    "yolo": decode_yolo,
+    "Gaussian_yolo": decode_gaussian_yolo,
+    "region": decode_region,
+    "detection": decode_detection,
+}
+
+
+def get_network_boxes(heads: Sequence, outputs: Sequence[Tensor], ctx: DecodeContext,
+                      batch_index: int = 0) -> Detections:
+    """darknet's ``get_network_boxes`` for image ``batch_index``: every head's
+    detections, in layer order.  ``outputs[k]``: head ``k``'s ``Tensor[N, C, H, W]``
+    (``[N, outputs]`` for [detection])."""
+    classes = 0
+    parts = []
+    for head, out in zip(heads, outputs):
+        parts.append(DECODERS[head.type](head, out[batch_index], ctx))
+        classes = classes or head.classes
+    return Detections.concat(parts, classes)
+
+
+# ----------------------------------------------------------------------- NMS
+#: nms_kind -> overlap(a, b) compared with ``> thresh`` (beta only for diounms)
+NMS_OVERLAPS: dict[str, Callable[[Tensor, Tensor, float, str], Tensor]] = {
+    "default": lambda a, b, beta, dialect: B.box_iou_cxcywh(a, b, dialect),
+    "cornersnms": lambda a, b, beta, dialect: B.box_iou_cxcywh(a, b, "alexeyab"),
+    "greedynms": lambda a, b, beta, dialect: B.box_diou_cxcywh(a, b),
+    "diounms": lambda a, b, beta, dialect: B.box_diounms_cxcywh(a, b, beta),
+}
+
+
+def _move_empty_to_end(objectness: np.ndarray) -> tuple[np.ndarray, int]:
+    """darknet's in-place swap loop sending objectness == 0 detections to the end."""
+    order = np.arange(len(objectness))
+    k = len(order) - 1
+    i = 0
+    while i <= k:
+        if objectness[order[i]] == 0:
+            order[i], order[k] = order[k], order[i]
+            k -= 1
+        else:
+            i += 1
+    return order, k + 1
+
+
+def nms_sort(dets: Detections, thresh: float, kind: str = "default", beta: float = 0.6,
+             dialect: str = "pjreddie") -> Detections:
+    """``do_nms_sort`` (``kind="default"``) or AlexeyAB's ``diounms_sort``:
+    returns the detections in darknet's final order with suppressed
+    probabilities set to 0.  ``dialect`` selects darknet's ``box_iou``."""
+    if kind not in NMS_OVERLAPS:
+        raise ValueError(f"unknown nms_kind {kind!r}; expected one of {', '.join(NMS_OVERLAPS)}")
+    order, total = _move_empty_to_end(dets.objectness)
+    out = dets.take(order)
+    if total == 0 or dets.classes == 0:
+        return out
+    prob = out.prob.copy()
+    bx = torch.from_numpy(out.boxes[:total])
+    overlap = NMS_OVERLAPS[kind](bx[:, None, :], bx[None, :, :], beta, dialect).numpy()
+    over = overlap > F32(thresh)  # over[a, b]: a suppresses b (NaN never does)
+    perm = np.arange(total)
+    for k in range(dets.classes):
+        pk = prob[perm, k]
+        perm = perm[np.argsort(-pk, kind="stable")]  # glibc's qsort is a stable merge sort
+        active = int(np.count_nonzero(prob[perm, k]))
+        for i in range(active):
+            a = perm[i]
+            if prob[a, k] == 0:
+                continue
+            later = perm[i + 1:]
+            prob[later[over[a, later]], k] = 0
+    final = np.concatenate([perm, np.arange(total, len(order))])
+    result = Detections(out.boxes[final], out.objectness[final], prob[final], out.sort_class[final].copy(),
+                        out.relative[final], out.classes)
+    result.sort_class[:total] = dets.classes - 1
+    return result
+
+
+def nms_kind_of(model) -> tuple[str, float]:
+    """The NMS darknet's detector applies for ``model``: AlexeyAB reads
+    ``nms_kind`` / ``beta_nms`` of the network's LAST layer (when it is a yolo
+    head); pjreddie always uses ``do_nms_sort``."""
+    if model.dialect != "alexeyab":
+        return "default", 0.6
+    last = model.module_list[len(model.module_list) - 1]
+    opts = last.section.options
+    kind = opts.get("nms_kind", "default") or "default"
+    if last.type == "yolo" and kind == "cornersnms":
+        kind = "default"  # [yolo]'s parser knows only greedynms / diounms
+    if kind not in NMS_OVERLAPS:
+        kind = "default"  # darknet maps unknown names to the default NMS
+    return kind, float(opts.get("beta_nms", 0.6))
+
+
+@dataclass
+class Postprocessor:
+    """Decode + NMS for one model, with darknet's defaults."""
+
+    heads: list
+    net_w: int
+    net_h: int
+    dialect: str
+    thresh: float = 0.25
+    hier_thresh: float = 0.5
+    nms: float = 0.45
+    nms_kind: str = "default"
+    beta_nms: float = 0.6
+    letter: bool = True
+
+    @classmethod
+    def for_model(cls, model, **kw) -> "Postprocessor":
+        kind, beta = nms_kind_of(model)
+        kw.setdefault("nms_kind", kind)
+        kw.setdefault("beta_nms", beta)
+        heads = [model.module_list[i] for i in model.heads]
+        return cls(heads, model.width, model.height, model.dialect, **kw)
+
+    def context(self, image_w: int, image_h: int) -> DecodeContext:
+        return DecodeContext(image_w, image_h, self.net_w, self.net_h, self.thresh, self.hier_thresh,
+                             self.letter, self.dialect)
+
+    def __call__(self, outputs: Sequence[Tensor], sizes: Sequence[tuple[int, int]]) -> list[Detections]:
+        """Head outputs of a batch and each image's ``(width, height)`` ->
+        per image the post-NMS :class:`Detections`."""
+        result = []
+        for b, (iw, ih) in enumerate(sizes):
+            dets = get_network_boxes(self.heads, outputs, self.context(iw, ih), b)
+            if self.nms > 0:
+                dets = nms_sort(dets, self.nms, self.nms_kind, self.beta_nms, self.dialect)
+            result.append(dets)
+        return result
+
+    def with_(self, **kw) -> "Postprocessor":
+        return replace(self, **kw)
