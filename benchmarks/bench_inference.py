@@ -178,8 +178,10 @@ def run_detect(cfg: str, weights: str, threads: int, repeat: int, channels_last:
             "images_per_second": len(images) / sec, "peak_mb": _peak_mb()}
 
 
-def _sub(args: list[str]) -> dict:
+def _sub(args: list[str], omp_wait_policy: str | None = None) -> dict:
     env = dict(os.environ, PYTHONWARNINGS="ignore")
+    if omp_wait_policy:  # read by the OpenMP runtime when torch loads: only a fresh process can set it
+        env["OMP_WAIT_POLICY"] = omp_wait_policy
     out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, env=env)
     if out.returncode != 0:
         return {"error": (out.stderr.strip().splitlines() or ["failed"])[-1]}
@@ -197,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", default="tiny,yolov3")
     p.add_argument("--batches", default="1,8")
     p.add_argument("--engines", default=",".join(ENGINES))
+    p.add_argument("--omp-wait-policy", choices=["active", "passive"],
+                   help="OMP_WAIT_POLICY for the measured processes (passive: OpenMP threads sleep "
+                        "instead of spinning, much faster when the cores are shared with other work)")
     p.add_argument("--one", nargs=4, metavar=("ENGINE", "CFG", "WEIGHTS", "BATCH"), help=argparse.SUPPRESS)
     p.add_argument("--detect", nargs=3, metavar=("CFG", "WEIGHTS", "CL"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -211,13 +216,15 @@ def main(argv: list[str] | None = None) -> int:
 
     workdir = Path(tempfile.mkdtemp(prefix="darknet_py_bench_"))
     engines = args.engines.split(",")
-    print(f"threads={args.threads} repeat={args.repeat} input {SIZE}x{SIZE}; median seconds per batch")
+    print(f"threads={args.threads} repeat={args.repeat} input {SIZE}x{SIZE} OMP_WAIT_POLICY="
+          f"{args.omp_wait_policy or os.environ.get('OMP_WAIT_POLICY', 'default')} load average "
+          f"{os.getloadavg()[0]:.1f}; median seconds per batch")
     for name in args.models.split(","):
         cfg, weights = _model_files(name, workdir)
         label = "yolov3-tiny (official weights)" if name == "tiny" else "yolov3 (random weights)"
         for batch in (int(b) for b in args.batches.split(",")):
             rows = {e: _sub(["--one", e, cfg, weights, str(batch), "--threads", str(args.threads),
-                             "--repeat", str(args.repeat)]) for e in engines}
+                             "--repeat", str(args.repeat)], args.omp_wait_policy) for e in engines}
             ref = rows.get("opencv", {}).get("seconds")
             print(f"\n{label}, batch {batch}")
             print(f"  {'engine':24s} {'ms/batch':>10s} {'ms/image':>10s} {'vs OpenCV':>10s} {'peak MB':>9s}")
@@ -237,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg, weights = _model_files("tiny", workdir)
     print("\nend to end (Detector on the photo folder, 16 images, batch 8, yolov3-tiny):")
     for cl in ("0", "1"):
-        r = _sub(["--detect", cfg, weights, cl, "--threads", str(args.threads), "--repeat", str(args.repeat)])
+        r = _sub(["--detect", cfg, weights, cl, "--threads", str(args.threads), "--repeat", str(args.repeat)],
+                 args.omp_wait_policy)
         if "error" in r:
             print(f"  channels_last={cl}: failed: {r['error']}")
         else:

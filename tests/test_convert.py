@@ -272,7 +272,11 @@ def test_onnx_matches_torch(conformance, manifest, tmp_path, name):
     model = _case_model(conformance, manifest, name)
     case = manifest["cases"][name]
     out = tmp_path / "m.onnx"
-    report = C.export_onnx(model, out, check=False)
+    checked = name not in CHAOTIC   # their check would re-export teacher-forced (the next test)
+    report = C.export_onnx(model, out, check=checked)
+    assert out.stat().st_size == report.bytes and not model.training
+    if checked:   # export_onnx's own check: onnxruntime vs torch on a random batch of 2
+        assert report.checked and report.end_to_end_diff <= 1e-4 and report.worst_layer_diff is None
     x = torch.from_numpy(np.load(conformance / case["arrays"])[case["input_key"]])   # batch 2
     got = _ort(out, x)
     with torch.no_grad():
@@ -303,15 +307,6 @@ def test_onnx_each_layer_equals_darknet(conformance, manifest, name):
         ref = stored[i].numpy().reshape(g.shape)
         d = float(np.abs(g - ref).max()) / max(1.0, float(np.abs(ref).max()))
         assert d <= 1e-4, f"layer {i} [{model.module_list[i].type}]: {d:.3g}"
-
-
-def test_onnx_export_checks_and_writes(conformance, manifest, tmp_path):
-    pytest.importorskip("onnxruntime")
-    model = _case_model(conformance, manifest, "pj_yolov3-tiny_narrow8")
-    report = C.export_onnx(model, tmp_path / "m.onnx")
-    assert report.checked and report.end_to_end_diff <= 1e-4
-    assert (tmp_path / "m.onnx").stat().st_size == report.bytes
-    assert not model.training
 
 
 def _dets_rows(head, out, net_hw):

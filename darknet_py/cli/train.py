@@ -21,7 +21,9 @@ with PyTorch DDP (gloo on CPU, nccl on CUDA).  Each rank processes ``batch``
 images per update; the update buffers are averaged across ranks before the
 update, so every rank applies the same darknet update and keeps identical
 weights (darknet's multi-GPU averages weights every few iterations instead).
-Only rank 0 writes checkpoints and logs.
+Rank 0's initial parameters are broadcast to all, and the batch-norm rolling
+statistics are averaged over the ranks after every update.  Only rank 0 writes
+checkpoints and logs.
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 HELP = "fine-tune from a cfg like `darknet detector train` (also: python tools/train.py)"
 
@@ -183,7 +186,6 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     if world > 1:
-        import torch.distributed as dist
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     main_rank = rank == 0
 
@@ -237,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
         model.load_state_dict(resume_state["model"])
         trainer.load_state_dict(resume_state["trainer"])
         model.seen = trainer.seen
+    if world > 1:  # every rank starts from rank 0's parameters and statistics
+        for t in model.state_dict().values():
+            dist.broadcast(t, 0)
     max_batches = trainer.max_batches
     start_iteration = trainer.iteration
 
@@ -318,11 +323,15 @@ def main(argv: list[str] | None = None) -> int:
             targets_t = torch.cat(targets).to(device)
             passes = trainer.forward_backward(images, targets_t)
             if world > 1:  # the same update on every rank: average darknet's update buffers
-                import torch.distributed as dist
                 for buf in trainer.updates.values():
                     dist.all_reduce(buf)
                     buf.div_(world)
             rate = trainer.update()
+            if world > 1:  # rolling BN statistics: the mean over the ranks' batches
+                for name, buf in model.named_buffers():
+                    if name.endswith(("rolling_mean", "rolling_variance")):
+                        dist.all_reduce(buf)
+                        buf.div_(world)
             i = trainer.iteration
             loss = float(np.mean([p.cost for p in passes])) / trainer.mini_batch
             avg_loss = loss if avg_loss < 0 else avg_loss * 0.9 + loss * 0.1
@@ -380,7 +389,6 @@ def main(argv: list[str] | None = None) -> int:
         if writer is not None:
             writer.close()
     if world > 1:
-        import torch.distributed as dist
         digests = [None] * world
         dist.all_gather_object(digests, param_digest(model))
         if main_rank:
