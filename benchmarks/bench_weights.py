@@ -2,7 +2,8 @@
 
 Full-size yolov3.cfg (the pjreddie zoo cfg of the conformance data), a
 248,007,048-byte file of random values written by our own writer in a temp
-dir.  Measured side by side in one run, warm page cache:
+dir.  Measured side by side in one run, warm page cache, operations interleaved in a
+shuffled order with ``os.sync()`` (untimed) before each:
 
 * load: ``Darknet.load_weights`` vs one ``numpy.fromfile`` of the same file,
   vs pytorchyolo's ``load_darknet_weights`` (if ``pip install pytorchyolo
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import subprocess
 import sys
 import tempfile
@@ -217,9 +219,14 @@ def main() -> None:
                 made[op.setup] = op.setup()
             states[name] = made[op.setup]
         times: dict[str, list[float]] = {name: [] for name in ops}
-        for _ in range(args.repeat):               # interleaved, so load drifts hit all alike
-            for name, op in ops.items():
+        order = list(ops)
+        rng = random.Random(0)
+        for _ in range(args.repeat):     # interleaved in a shuffled order, so drifts hit all alike
+            rng.shuffle(order)
+            for name in order:
+                op = ops[name]
                 op.prepare()
+                os.sync()                # no dirty backlog from the previous write (untimed)
                 t = time.perf_counter()
                 op.run(states[name])
                 times[name].append(time.perf_counter() - t)

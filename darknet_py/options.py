@@ -25,7 +25,11 @@ options ``parse_network_cfg`` reads after each builder (``LAYER_COMMON``).
   (darknet reads ``steps`` only for ``policy=steps``, ``B1`` only with ``adam=1``).
 
 The entries are listed in the order darknet reads them where a later default
-depends on an earlier value.
+depends on an earlier value.  Versions read: pjreddie's last parser.c (the one of
+the conformance commit f6afaab) and AlexeyAB's master parser.c (the stored copy
+is newer than the conformance commit 59596d7; options it added since, such as
+the tracking keys of [yolo], are read here too).  Sections neither darknet knows
+(e.g. YOLOR's [implicit_add]) are unknown sections.
 """
 from __future__ import annotations
 

@@ -289,7 +289,10 @@ def test_onnx_matches_torch(conformance, manifest, tmp_path, name):
         assert d <= tol, f"{label}: onnxruntime vs torch {d:.3g} > {tol:.3g}"
 
 
-@pytest.mark.parametrize("name", sorted(CHAOTIC))
+# yolov4-csp has yolov4's layer kinds (mish convs, SPP maxpools, routes, shortcuts, upsample) plus
+# logistic convs and new_coords heads; yolov4's leaky convs are checked end to end at 1e-4 in the
+# non-chaotic networks.  One teacher-forced export keeps the test fast.
+@pytest.mark.parametrize("name", sorted(CHAOTIC & {"ab_yolov4-csp_narrow16"}))
 def test_onnx_each_layer_equals_darknet(conformance, manifest, name):
     """Every layer's ONNX graph, fed darknet's stored inputs, gives darknet's output to 1e-4."""
     pytest.importorskip("onnxruntime")

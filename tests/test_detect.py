@@ -250,7 +250,12 @@ def test_cli_reports_bad_images_and_goes_on(conformance, manifest, tmp_path, cap
     assert f"{imgs / 'dog.jpg'}: Predicted in" in cap.out and f"{imgs / 'chelsea.png'}: Predicted in" in cap.out
     lines = cap.out.splitlines()
     i = next(k for k, line in enumerate(lines) if line.startswith(str(imgs / "dog.jpg")))
-    assert lines[i + 1:i + 7] == ["dog: 56%", "car: 52%", "truck: 55%", "car: 62%", "truck: 42%", "bicycle: 59%"]
+    dog = next(im for im in real["images"] if im["key"] == "dog")
+    theirs = dog["darknet_detect_stdout"]["0.25"]  # darknet's own lines (stb_image decode)
+    ours = lines[i + 1:i + 1 + len(theirs)]
+    assert [o.split(":")[0] for o in ours] == [t.split(":")[0] for t in theirs]
+    # the JPEG decoders differ slightly: percentages within 1
+    assert all(abs(int(o.split()[-1][:-1]) - int(t.split()[-1][:-1])) <= 1 for o, t in zip(ours, theirs))
     import cv2
     for name in ("dog.jpg", "chelsea.png"):
         drawn = cv2.imread(str(save / name))
@@ -269,7 +274,9 @@ def test_cli_globs_and_stdout_json(conformance, manifest, capsys):
     got = json.loads(capsys.readouterr().out)
     assert [os.path.basename(g["image"]) for g in got] == ["astronaut.png", "chelsea.png"]
     ast = got[0]["detections"]
-    assert [(d["class_id"], d["name"]) for d in ast] == [(39, "39")]  # no --names: class index
+    astronaut = next(im for im in real["images"] if im["key"] == "astronaut")
+    want = [(d["cls"], str(d["cls"])) for d in astronaut["detections"] if d["thresh"] == 0.1]
+    assert want and [(d["class_id"], d["name"]) for d in ast] == want  # no --names: the class index
     assert cli_detect.expand_images([str(folder / "*.nothing")]) == [str(folder / "*.nothing")]
 
 

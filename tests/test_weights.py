@@ -433,32 +433,38 @@ def _cfg_with(extra: str, dialect: str = "pjreddie") -> Darknet:
 
 def test_dontload_skips_the_layer_in_the_file(tmp_path):
     m = _cfg_with("dontload=1")
+    before = m.module_list[0].weights.detach().clone()
     path = _write(tmp_path / "d.weights", H020, np.arange(52))      # only the connected layer
     m.load_weights(path)
     assert m.module_list[2].biases.tolist() == [0, 1, 2, 3]
-    assert m.module_list[0].biases.tolist() == [0, 0, 0]
+    assert torch.equal(m.module_list[0].weights, before)
 
 
 def test_dontloadscales_reads_no_bn_but_saves_it(tmp_path):
     m = _cfg_with("dontloadscales=1")
+    conv = m.module_list[0]
+    scales = conv.scales.detach().clone()
     path = _write(tmp_path / "d.weights", H020, np.arange(61))      # 3 biases + 6 weights + 52
     m.load_weights(path)
-    conv = m.module_list[0]
     assert conv.biases.tolist() == [0, 1, 2] and conv.weights.flatten().tolist() == [3, 4, 5, 6, 7, 8]
-    assert conv.scales.tolist() == [1, 1, 1]
+    assert torch.equal(conv.scales, scales)
     m.save_weights(tmp_path / "s.weights")
     assert (tmp_path / "s.weights").stat().st_size == 20 + 4 * 70
 
 
 def test_numload_pjreddie_reads_first_filters(tmp_path):
     m = _cfg_with("numload=1")
+    conv = m.module_list[0]
+    init = {k: v.detach().clone() for k, v in conv.named_parameters()}
+    init.update({k: v.clone() for k, v in conv.named_buffers()})
     # biases[0], scales[0], mean[0], var[0], weights of filter 0 (2 floats), then the connected layer
     path = _write(tmp_path / "n.weights", H020, np.arange(6 + 52) + 1)
     m.load_weights(path)
-    conv = m.module_list[0]
-    assert conv.biases.tolist() == [1, 0, 0] and conv.scales.tolist() == [2, 1, 1]
-    assert conv.rolling_mean.tolist() == [3, 0, 0] and conv.rolling_variance.tolist() == [4, 1, 1]
-    assert conv.weights.flatten().tolist() == [5, 6, 0, 0, 0, 0]
+    for name, first in [("biases", 1), ("scales", 2), ("rolling_mean", 3), ("rolling_variance", 4)]:
+        t = getattr(conv, name)
+        assert t[0].item() == first and torch.equal(t[1:], init[name][1:]), name
+    w = conv.weights.flatten()
+    assert w[:2].tolist() == [5, 6] and torch.equal(w[2:], init["weights"].flatten()[2:])
     assert m.module_list[2].biases.tolist() == [7, 8, 9, 10]
 
 

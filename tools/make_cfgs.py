@@ -99,7 +99,7 @@ def yolov3(classes: int = 80) -> Cfg:
 
 
 def yolov3_tiny(classes: int = 80, width: int = 416, filters: tuple = (16, 32, 64, 128, 256, 512),
-                net: dict | None = None, anchors=TINY_ANCHORS) -> Cfg:
+                net: dict | None = None, anchors=TINY_ANCHORS, random: int = 1) -> Cfg:
     """Six 3x3 conv + maxpool stages, a 2x2/1 maxpool, and two detection scales."""
     c = Cfg(**(net or _net(width, 1, 1, 0.001, 500200, (400000, 450000))))
     for i, f in enumerate(filters):
@@ -111,14 +111,14 @@ def yolov3_tiny(classes: int = 80, width: int = 416, filters: tuple = (16, 32, 6
     c.conv(filters[-1])
     out = 3 * (classes + 5)
     c.conv(out, 1, bn=False, act="linear")
-    _yolo(c, (3, 4, 5), anchors, classes, random=1)
+    _yolo(c, (3, 4, 5), anchors, classes, random=random)
     c.add("route", layers=-4)
     c.conv(filters[-3], 1)
     c.add("upsample", stride=2)
     c.add("route", layers=[-1, tap])
     c.conv(filters[-2])
     c.conv(out, 1, bn=False, act="linear")
-    _yolo(c, (0, 1, 2), anchors, classes, random=1)
+    _yolo(c, (0, 1, 2), anchors, classes, random=random)
     return c
 
 
@@ -173,12 +173,13 @@ def yolov2_tiny(classes: int = 80) -> Cfg:
 
 def tiny_shapes(classes: int = 4) -> Cfg:
     """A small yolov3-tiny-shaped network for the built-in training job (160x160,
-    CPU friendly): narrower stages, anchors for 160-pixel inputs."""
+    CPU friendly): narrower stages, anchors for its 26-66 px shapes, and no
+    multi-scale training (pjreddie's random=1 would train at 320-608 px)."""
     net = {"batch": 16, "subdivisions": 1, "width": 160, "height": 160, **dict(NET_COMMON),
            "learning_rate": 0.002, "burn_in": 50, "max_batches": 1200, "policy": "steps",
            "steps": [900, 1100], "scales": [".1", ".1"]}
     anchors = [24, 24, 30, 30, 37, 37, 45, 45, 55, 55, 68, 68]  # the shapes are 26-66 px
-    return yolov3_tiny(classes, 160, (16, 32, 48, 64, 96, 128), net=net, anchors=anchors)
+    return yolov3_tiny(classes, 160, (16, 32, 48, 64, 96, 128), net=net, anchors=anchors, random=0)
 
 
 CFGS = {

@@ -16,9 +16,11 @@ contributions darknet loses where a convolution overwrites the delta of the
 layer before it, and (AlexeyAB) the deltas of [route]/[upsample] layers that
 darknet never clears and that keep accumulating across passes and updates.
 ``mode="autograd"`` is plain autograd of the same forward: the true gradient
-of darknet's loss, which darknet itself does not follow (measured on the
-yolov3-tiny train case: up to 3% off darknet's layer gradients, against
-2e-5 in exact mode; ``benchmarks/bench_train_step.py`` compares the speed).
+of darknet's loss, which darknet itself does not follow (measured with
+darknet's head deltas, relative to each gradient array's max: pjreddie
+yolov3-tiny 2.9e-2 off darknet's gradients in autograd mode against 6e-5 in
+exact mode; AlexeyAB yolov4-tiny 5.1 (lost and accumulated deltas) against
+7e-5; ``benchmarks/bench_train_step.py`` compares the speed).
 
 Where darknet's CPU build omits a gradient we follow its GPU build, on purpose:
 pjreddie's [region] head passes its gradient on (the CPU backward is empty;
