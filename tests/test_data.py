@@ -488,9 +488,10 @@ def test_pick_random_size_ranges():
     assert ab <= {(d, d) for d in range(320, 609, 32)} and len(ab) >= 8
     pj = {pick_random_size(rng, 416, 416, dialect="pjreddie", max_batches=10 ** 6)[0] for _ in range(400)}
     assert pj == set(range(320, 609, 32))
-    cfg = parse_cfg(REPO / "cfg" / "tiny-shapes.cfg")
+    cfg = parse_cfg(REPO / "cfg" / "yolov3-tiny.cfg")  # random=1, as darknet's
     sched = MultiScaleSchedule.from_cfg(cfg, seed=1)
     assert sched is not None and sched.init_w == cfg.net["width"]
+    assert MultiScaleSchedule.from_cfg(parse_cfg(REPO / "cfg" / "tiny-shapes.cfg")) is None
     assert all(sched.size(k) == sched.size(k - k % 10) for k in range(40))
 
 
