@@ -7,6 +7,12 @@ import tempfile
 from typing import BinaryIO, Iterator
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, durable: bool = True) -> Iterator[BinaryIO]:
     """Open a temporary file beside ``path``; on success rename it to ``path``.
@@ -21,6 +27,9 @@ def atomic_open(path: str | os.PathLike, durable: bool = True) -> Iterator[Binar
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".part",
                                dir=folder)
     try:
+        # mkstemp makes the file private (0600); give it the mode open() would
+        with contextlib.suppress(OSError, AttributeError):
+            os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as fh:
             yield fh
             fh.flush()

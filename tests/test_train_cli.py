@@ -129,3 +129,69 @@ def test_ddp_two_processes_identical_weights(data, tmp_path):
         ["tiny-shapes_final.weights", "tiny-shapes_last.weights", "tiny-shapes_last.pt",
          "tiny-shapes_train.log", "tiny-shapes_ranks.json", "chart.png"])
     assert read_header(tmp_path / "tiny-shapes_final.weights").seen == 2 * 4
+
+
+def test_written_files_get_the_usual_mode(tmp_path):
+    import os
+    from darknet_py.io import atomic_write
+    old = os.umask(0o022)
+    try:
+        atomic_write(tmp_path / "x.weights", b"abc")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "x.weights").stat().st_mode & 0o777 == 0o644
+
+
+def _losses(log_file) -> list[float]:
+    import re
+    return [float(m.group(1)) for m in re.finditer(r"^\d+: loss ([0-9.]+),", log_file.read_text(), re.M)]
+
+
+def test_checkpoints_load_in_opencv_with_our_outputs(data, tmp_path):
+    import cv2
+
+    from tests.opencv_util import compare_with_opencv, load_for_opencv
+    assert _run(data, tmp_path, "--max-batches", "2", "--save-every", "1") == 0
+    x = torch.rand(2, 3, 160, 160, generator=torch.Generator().manual_seed(0))
+    for name in ("tiny-shapes_last.weights", "tiny-shapes_final.weights"):
+        w = str(tmp_path / name)
+        net = cv2.dnn.readNetFromDarknet(CFG, w)
+        model = load_for_opencv(CFG, w, "pjreddie")
+        assert compare_with_opencv(model, net, x, 1e-4, name) > 0
+
+
+def test_finetune_from_official_yolov3_tiny(conformance, manifest, data, tmp_path):
+    """darknet's recipe: a partial backbone cut from the official weights, a cfg
+    with the new class count; the loss falls and the written weights load back
+    byte for byte in darknet_py and give OpenCV's outputs."""
+    import cv2
+
+    from tests.opencv_util import compare_with_opencv, load_for_opencv
+    real = manifest["real"]
+    text = (conformance / real["cfg"]).read_text()
+    cfg = tmp_path / "yolov3-tiny-shapes.cfg"
+    cfg.write_text(text.replace("classes=80", "classes=4").replace("filters=255", "filters=27"))
+    official = Darknet(conformance / real["cfg"])
+    official.load_weights(conformance / real["weights"]["file"])
+    backbone = tmp_path / "yolov3-tiny.conv.15"
+    official.save_weights(backbone, cutoff=15)
+    backup = tmp_path / "b"
+    rc = train_cli.main(["--data", data, "--cfg", str(cfg), "--weights", str(backbone), "--clear",
+                         "--width", "160", "--height", "160", "--batch", "8", "--workers", "0",
+                         "--no-progress", "--random", "0", "--burn-in", "0",
+                         "--learning-rate", "0.001", "--max-batches", "8", "--log-every", "1",
+                         "--backup", str(backup)])
+    assert rc == 0
+    losses = _losses(backup / "yolov3-tiny-shapes_train.log")
+    assert len(losses) == 8
+    assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3]), losses
+    final = backup / "yolov3-tiny-shapes_final.weights"
+    again = tmp_path / "again.weights"
+    m = Darknet(cfg)
+    m.load_weights(final)
+    m.save_weights(again)
+    assert again.read_bytes() == final.read_bytes()
+    net = cv2.dnn.readNetFromDarknet(str(cfg), str(final))
+    model = load_for_opencv(str(cfg), str(final), "pjreddie")
+    x = torch.rand(1, 3, 416, 416, generator=torch.Generator().manual_seed(1))
+    assert compare_with_opencv(model, net, x, 1e-4, "fine-tuned yolov3-tiny") > 0

@@ -176,8 +176,8 @@ def tiny_shapes(classes: int = 4) -> Cfg:
     CPU friendly): narrower stages, anchors for its 26-66 px shapes, and no
     multi-scale training (pjreddie's random=1 would train at 320-608 px)."""
     net = {"batch": 16, "subdivisions": 1, "width": 160, "height": 160, **dict(NET_COMMON),
-           "learning_rate": 0.002, "burn_in": 50, "max_batches": 1200, "policy": "steps",
-           "steps": [900, 1100], "scales": [".1", ".1"]}
+           "learning_rate": 0.005, "burn_in": 50, "max_batches": 700, "policy": "steps",
+           "steps": [600, 650], "scales": [".1", ".1"]}
     anchors = [24, 24, 30, 30, 37, 37, 45, 45, 55, 55, 68, 68]  # the shapes are 26-66 px
     return yolov3_tiny(classes, 160, (16, 32, 48, 64, 96, 128), net=net, anchors=anchors, random=0)
 

@@ -12,9 +12,11 @@ equivalent ``cost + (s - s.detach())`` with ``s = -(delta * x).sum()``.
 """
 from __future__ import annotations
 
+import functools
 import math
+import weakref
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 import torch
@@ -140,3 +142,21 @@ def stats_dict(**kw: Any) -> dict[str, Any]:
             v = v.item()
         out[k] = v
     return out
+
+
+T = TypeVar("T")
+
+
+def per_head(build: Callable[[Any], T]) -> Callable[[Any], T]:
+    """Cache ``build(head)`` per head module (weakly referenced): a head's cfg
+    options are turned into loss parameters once, not on every call."""
+    cache: "weakref.WeakKeyDictionary[Any, T]" = weakref.WeakKeyDictionary()
+
+    @functools.wraps(build)
+    def get(head: Any) -> T:
+        params = cache.get(head)
+        if params is None:
+            params = cache[head] = build(head)
+        return params
+
+    return get

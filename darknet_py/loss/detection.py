@@ -22,7 +22,6 @@ that is not reproducible here and raises.
 """
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +30,7 @@ from torch import Tensor
 
 from ..boxes import box_iou_cxcywh, box_rmse_cxcywh
 from ..errors import DataError, UnsupportedLayerError
-from .base import delta_loss, f32, logistic_gradient, ratio, sqrt_f, stats_dict
+from .base import delta_loss, f32, logistic_gradient, ratio, sqrt_f, stats_dict, per_head
 from .targets import targets_to_detection_truth
 from .yolo import where_of
 
@@ -62,13 +61,8 @@ class DetectionParams:
         return self.dialect == "alexeyab"
 
 
-_CACHE: "weakref.WeakKeyDictionary[Any, DetectionParams]" = weakref.WeakKeyDictionary()
-
-
+@per_head
 def detection_params(head: Any) -> DetectionParams:
-    cached = _CACHE.get(head)
-    if cached is not None:
-        return cached
     o = head.opts
     if head.coords != 4:
         sec = head.section
@@ -80,7 +74,6 @@ def detection_params(head: Any) -> DetectionParams:
                         forced=bool(o["forced"]), random=bool(o["random"]),
                         coord_scale=f32(o["coord_scale"]), object_scale=f32(o["object_scale"]),
                         noobject_scale=f32(o["noobject_scale"]), class_scale=f32(o["class_scale"]))
-    _CACHE[head] = p
     return p
 
 

@@ -19,7 +19,6 @@ differences, all from the C code:
 from __future__ import annotations
 
 import math
-import weakref
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -29,7 +28,7 @@ from torch import Tensor
 
 from ..boxes import IOU_KINDS, box_giou_cxcywh, box_iou_cxcywh, dx_box_iou_cxcywh
 from ..errors import DataError
-from .base import delta_loss, f32, log_f, ratio, stats_dict
+from .base import delta_loss, f32, log_f, ratio, stats_dict, per_head
 from .targets import (best_anchor, best_truth_per_prediction, order_in_slot, pad_by_image,
                       select_truths, shape_ious)
 from .yolo import YoloParams, mask_lookup, smooth_label, yolo_params
@@ -46,19 +45,13 @@ class GaussianParams:
     yolo_point: str
 
 
-_CACHE: "weakref.WeakKeyDictionary[Any, GaussianParams]" = weakref.WeakKeyDictionary()
-
-
+@per_head
 def gaussian_params(head: Any) -> GaussianParams:
-    cached = _CACHE.get(head)
-    if cached is not None:
-        return cached
     o = head.opts
     point = str(o.get("yolo_point", "center"))
     yp = yolo_params(head)
     p = GaussianParams(yolo=replace(yp, new_coords=False), uc_normalizer=f32(o.get("uc_normalizer", 1.0)),
                        yolo_point=point if point in POINTS else "center")
-    _CACHE[head] = p
     return p
 
 

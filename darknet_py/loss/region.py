@@ -25,7 +25,6 @@ objectness deltas by the logistic derivative; :func:`region_loss` returns
 """
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +34,7 @@ from torch import Tensor
 
 from ..boxes import box_iou_cxcywh
 from ..errors import DataError, UnsupportedLayerError
-from .base import delta_loss, f32, log_f, logistic_gradient, ratio, stats_dict
+from .base import delta_loss, f32, log_f, logistic_gradient, ratio, stats_dict, per_head
 from .targets import (best_truth_per_prediction, first_argmax_above_zero, order_in_slot,
                       pad_by_image, select_truths, truth_cells)
 from .yolo import where_of
@@ -73,13 +72,8 @@ class RegionParams:
         return self.dialect == "alexeyab"
 
 
-_CACHE: "weakref.WeakKeyDictionary[Any, RegionParams]" = weakref.WeakKeyDictionary()
-
-
+@per_head
 def region_params(head: Any) -> RegionParams:
-    cached = _CACHE.get(head)
-    if cached is not None:
-        return cached
     sec, o = head.section, head.opts
     where = where_of(head)
     if head.coords != 4:
@@ -101,7 +95,6 @@ def region_params(head: Any) -> RegionParams:
                      focal_loss=bool(o.get("focal_loss", 0)) if ab else False,
                      coord_scale=f32(o["coord_scale"]), object_scale=f32(o["object_scale"]),
                      noobject_scale=f32(o["noobject_scale"]), class_scale=f32(o["class_scale"]))
-    _CACHE[head] = p
     return p
 
 

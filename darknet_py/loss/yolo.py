@@ -24,7 +24,6 @@ number of truths sharing one slot), never over truths, cells or predictions.
 from __future__ import annotations
 
 import math
-import weakref
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -34,7 +33,7 @@ from torch import Tensor
 
 from ..boxes import IOU_KINDS, box_giou_cxcywh, box_iou_cxcywh, dx_box_iou_cxcywh
 from ..errors import CfgError, DataError
-from .base import SparseDelta, f32, log_f, ratio, sparse_delta_loss, sqrt_f, stats_dict
+from .base import SparseDelta, f32, log_f, ratio, sparse_delta_loss, sqrt_f, stats_dict, per_head
 from .targets import (best_anchor, best_truth_per_prediction, order_in_slot,
                       pad_by_image, select_truths, shape_ious, truth_cells)
 
@@ -81,9 +80,6 @@ class YoloParams:
         return self.dialect == "alexeyab"
 
 
-_CACHE: "weakref.WeakKeyDictionary[Any, YoloParams]" = weakref.WeakKeyDictionary()
-
-
 def where_of(head: Any) -> str:
     sec = head.section
     return f"layer {head.index} [{sec.name or sec.type}] at {sec.file}:{sec.line}"
@@ -114,11 +110,9 @@ def class_multipliers(counters: tuple[int, ...] | None, classes: int, max_delta:
     return tuple(f32(min(f32(top / v), max_delta)) for v in c)
 
 
+@per_head
 def yolo_params(head: Any) -> YoloParams:
     """Read (once per head) the options the loss needs."""
-    cached = _CACHE.get(head)
-    if cached is not None:
-        return cached
     sec, o = head.section, head.opts
     common = dict(where=where_of(head), dialect=head.dialect, classes=head.classes, n=head.n,
                   total=head.total, mask=tuple(head.mask),
@@ -150,7 +144,6 @@ def yolo_params(head: Any) -> YoloParams:
                                                 max_delta, sec),
             show_details=bool(_option_int(sec, "show_details", 1)),
             **common)
-    _CACHE[head] = p
     return p
 
 
