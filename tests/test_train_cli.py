@@ -195,3 +195,39 @@ def test_finetune_from_official_yolov3_tiny(conformance, manifest, data, tmp_pat
     model = load_for_opencv(str(cfg), str(final), "pjreddie")
     x = torch.rand(1, 3, 416, 416, generator=torch.Generator().manual_seed(1))
     assert compare_with_opencv(model, net, x, 1e-4, "fine-tuned yolov3-tiny") > 0
+
+
+def test_train_from_coco_json(data, tmp_path):
+    """The same images as a COCO json (boxes in pixels, category ids not 0-based)."""
+    import json
+    from pathlib import Path
+
+    import cv2
+
+    from darknet_py.data import parse_data_file, read_list
+    from darknet_py.data.labels import label_path, read_labels
+    cfgdata = parse_data_file(data)
+    train_list = cfgdata.resolve(cfgdata.train)
+    images, annotations = [], []
+    for k, entry in enumerate(read_list(train_list)):
+        path = Path(entry) if Path(entry).is_absolute() else train_list.parent / entry
+        h, w = cv2.imread(str(path)).shape[:2]
+        images.append({"id": k + 1, "file_name": path.name, "width": w, "height": h})
+        for cls, cx, cy, bw, bh in read_labels(label_path(str(path), "alexeyab"), 4).tolist():
+            annotations.append({"id": len(annotations) + 1, "image_id": k + 1, "iscrowd": 0,
+                                "category_id": 10 + int(cls), "area": bw * bh * w * h,
+                                "bbox": [(cx - bw / 2) * w, (cy - bh / 2) * h, bw * w, bh * h]})
+    ann = tmp_path / "train.json"
+    ann.write_text(json.dumps({"images": images, "annotations": annotations,
+                               "categories": [{"id": 10 + c, "name": f"c{c}"} for c in range(4)]}))
+    rc = train_cli.main(["--coco", str(ann), str(path.parent), "--backup", str(tmp_path), *FAST,
+                         "--max-batches", "2"])
+    assert rc == 0
+    assert read_header(tmp_path / "tiny-shapes_final.weights").seen == 2 * 4
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"images": images, "annotations": [],
+                               "categories": [{"id": 1, "name": "only"}]}))
+    from darknet_py.errors import DataError
+    with pytest.raises(DataError, match="1 categories but the cfg's detection layer has classes=4"):
+        train_cli.main(["--coco", str(bad), str(path.parent), "--backup", str(tmp_path), *FAST,
+                        "--max-batches", "1"])

@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--data", help="darknet .data file (classes, train, valid, names, backup). Default: a "
                      "synthetic shapes dataset generated once in data/synthetic/")
     a("--cfg", help=f"darknet cfg of the network. Default: {DEFAULT_CFG.relative_to(REPO)}")
+    a("--coco", nargs=2, metavar=("ANNOTATIONS", "IMAGES"),
+      help="train on a COCO json (and its image folder) instead of the .data file's train list; "
+           "--data then only gives the valid list for --map (optional)")
     a("--weights", help="start from these weights (.weights, full or partial like "
                         "darknet53.conv.74); without --clear training continues from its seen")
     a("--clear", action="store_true", help="reset seen (the iteration count) to 0, like darknet's -clear")
@@ -149,6 +152,18 @@ def draw_chart(path: Path, losses: list[tuple[int, float]], maps: list[tuple[int
         atomic_write(path, buf.tobytes())
 
 
+def coco_dataset(annotations: str, images: str, cfg, seed: int):
+    """A training dataset from a COCO json with the cfg's augmentation."""
+    from ..data import AugmentConfig, DetectionDataset, from_coco
+    from ..errors import DataError
+    source = from_coco(annotations, images)
+    aug = AugmentConfig.from_cfg(cfg)
+    if source.names is not None and len(source.names) != aug.classes:
+        raise DataError(f"the json has {len(source.names)} categories but the cfg's detection "
+                        f"layer has classes={aug.classes} ({cfg.file})", annotations)
+    return DetectionDataset(source, cfg.net["width"], cfg.net["height"], augment=aug, seed=seed)
+
+
 class Log:
     """Rank-0 logging to the console (through tqdm when a bar is shown) and a file."""
 
@@ -200,8 +215,8 @@ def main(argv: list[str] | None = None) -> int:
         args.data = args.data or str(make_synthetic_dataset(DEFAULT_DATA_DIR))
         args.cfg = str(DEFAULT_CFG)
         args.map = True
-    if args.data is None or args.cfg is None:
-        raise DarknetError("give both --data and --cfg (or neither, for the built-in job)")
+    if args.cfg is None or (args.data is None and args.coco is None):
+        raise DarknetError("give --cfg and --data (or --coco), or none of them for the built-in job")
 
     # ---- cfg, with the command line's overrides of [net]
     cfg = parse_cfg(args.cfg)
@@ -219,9 +234,11 @@ def main(argv: list[str] | None = None) -> int:
                 sec.options["random"] = args.random
     if args.freeze is not None:
         cfg.layers[args.freeze].options["stopbackward"] = 1
-    data = parse_data_file(args.data)
+    data = parse_data_file(args.data) if args.data else None
     cfg_name = Path(args.cfg).stem
-    backup = Path(args.backup or data.backup or "backup")
+    backup = Path(args.backup or (data.backup if data else None) or "backup")
+    if data is None:
+        args.map = False  # no valid list to evaluate on
 
     # ---- model and the exact darknet step
     model = Darknet(cfg)
@@ -246,7 +263,10 @@ def main(argv: list[str] | None = None) -> int:
     start_iteration = trainer.iteration
 
     # ---- data: darknet's augmentation, multi-scale every 10 iterations
-    train_set = dataset_from_files(args.data, cfg, "train", seed=args.seed)
+    if args.coco:
+        train_set = coco_dataset(args.coco[0], args.coco[1], cfg, args.seed)
+    else:
+        train_set = dataset_from_files(args.data, cfg, "train", seed=args.seed)
     schedule = MultiScaleSchedule.from_cfg(cfg, seed=args.seed, start_iteration=start_iteration)
     start_minibatch = resume_state["minibatch"] if resume_state else 0
     sampler = DarknetBatchSampler(len(train_set), trainer.mini_batch,
