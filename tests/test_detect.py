@@ -13,7 +13,6 @@ import json
 import math
 import os
 import shutil
-import warnings
 
 import numpy as np
 import pytest
@@ -40,9 +39,7 @@ REAL = MANIFEST.get("real", {}).get("images", [])
 
 # ----------------------------------------------------------------- helpers
 def _model(conformance, cfg, dialect, weights=None):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        m = Darknet(conformance / cfg, dialect=dialect)
+    m = Darknet(conformance / cfg, dialect=dialect)
     if weights:
         m.load_weights(conformance / weights)
     return m.eval()
@@ -360,9 +357,7 @@ anchors=8,16, 32,8
 classes=2
 num=2
 """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return Darknet(cfg, dialect=dialect).eval()
+    return Darknet(cfg, dialect=dialect).eval()
 
 
 def test_yolo_decode_by_hand():
@@ -447,9 +442,7 @@ num=1
 softmax=1
 """
     for dialect in ("alexeyab", "pjreddie"):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model = Darknet(cfg, dialect=dialect).eval()
+        model = Darknet(cfg, dialect=dialect).eval()
         head = model.module_list[1]
         raw = torch.tensor([0.0, 2.0, 0.0, math.log(3.0), 1.0, 0.0, math.log(3.0)]).view(1, 7, 1, 1)
         out = head(raw)[0, :, 0, 0]
@@ -481,9 +474,7 @@ anchors=1,1
 classes=2
 num=1
 """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = Darknet(cfg, dialect="pjreddie").eval()
+    model = Darknet(cfg, dialect="pjreddie").eval()
     raw = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, 1.0, -1.0]).view(1, 7, 1, 1)
     out = model.module_list[1](raw)[0, 5:, 0, 0]
     assert torch.allclose(out, torch.sigmoid(torch.tensor([1.0, -1.0])))
@@ -504,9 +495,7 @@ anchors=16,32
 classes=2
 num=1
 """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = Darknet(cfg, dialect="alexeyab").eval()
+    model = Darknet(cfg, dialect="alexeyab").eval()
     head = model.module_list[1]
     # activated output: x=.5 sx=.2 y=.25 sy=.2 w=0 sw=.2 h=log2 sh=.2 obj=.8 classes .5 .9
     out = torch.tensor([0.5, 0.2, 0.25, 0.2, 0.0, 0.2, math.log(2.0), 0.2, 0.8, 0.5, 0.9]).view(1, 11, 1, 1)
@@ -520,11 +509,7 @@ def test_nms_kind_comes_from_the_last_layer():
     assert nms_kind_of(_yolo_model()) == ("default", pytest.approx(0.6))
     m = _yolo_model().cfg
     text = darknet_py.write_cfg(m).replace("num=2", "num=2\nnms_kind=diounms\nbeta_nms=0.7")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = Darknet(text, dialect="alexeyab")
+    model = Darknet(text, dialect="alexeyab")
     assert nms_kind_of(model) == ("diounms", pytest.approx(0.7))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = Darknet(text, dialect="pjreddie")
+    model = Darknet(text, dialect="pjreddie")
     assert nms_kind_of(model)[0] == "default"

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..errors import DataError
+
 
 def f32(value: float) -> float:
     """``value`` rounded to float32, as darknet stores every cfg number."""
@@ -160,3 +162,22 @@ def per_head(build: Callable[[Any], T]) -> Callable[[Any], T]:
         return params
 
     return get
+
+
+class DialectParams:
+    """Mixin for the per-head parameter records: ``ab`` is True for AlexeyAB."""
+
+    dialect: str
+
+    @property
+    def ab(self) -> bool:
+        return self.dialect == "alexeyab"
+
+
+def split_head_input(x: Tensor, anchors: int, entries: int, where: str) -> tuple[int, int, int]:
+    """Check that ``x`` Tensor[N, anchors*entries, H, W] fits the head; returns (N, H, W)."""
+    n, ch, h, w = x.shape
+    if ch != anchors * entries:
+        raise DataError(f"{where}: input has {ch} channels, expected {anchors}x{entries} = "
+                        f"{anchors * entries}")
+    return n, h, w

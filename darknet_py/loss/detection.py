@@ -30,7 +30,7 @@ from torch import Tensor
 
 from ..boxes import box_iou_cxcywh, box_rmse_cxcywh
 from ..errors import DataError, UnsupportedLayerError
-from .base import delta_loss, f32, logistic_gradient, ratio, sqrt_f, stats_dict, per_head
+from .base import delta_loss, DialectParams, f32, logistic_gradient, per_head, ratio, sqrt_f, stats_dict
 from .targets import targets_to_detection_truth
 from .yolo import where_of
 
@@ -39,7 +39,7 @@ RANDOM_SEEN = 64000
 
 
 @dataclass(frozen=True)
-class DetectionParams:
+class DetectionParams(DialectParams):
     where: str
     dialect: str
     classes: int
@@ -55,10 +55,6 @@ class DetectionParams:
     object_scale: float
     noobject_scale: float
     class_scale: float
-
-    @property
-    def ab(self) -> bool:
-        return self.dialect == "alexeyab"
 
 
 @per_head

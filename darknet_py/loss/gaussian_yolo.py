@@ -28,7 +28,7 @@ from torch import Tensor
 
 from ..boxes import IOU_KINDS, box_giou_cxcywh, box_iou_cxcywh, dx_box_iou_cxcywh
 from ..errors import DataError
-from .base import delta_loss, f32, log_f, ratio, stats_dict, per_head
+from .base import delta_loss, f32, log_f, per_head, ratio, split_head_input, stats_dict
 from .targets import (best_anchor, best_truth_per_prediction, order_in_slot, pad_by_image,
                       select_truths, shape_ious)
 from .yolo import YoloParams, mask_lookup, smooth_label, yolo_params
@@ -157,11 +157,9 @@ def gaussian_yolo_delta(head: Any, x: Tensor, targets: Tensor, input_hw: tuple[i
     """darknet's ``l.delta`` of a [Gaussian_yolo] head: ``(delta [N, C, H, W], cost, stats)``."""
     gp = params or gaussian_params(head)
     p = gp.yolo
-    N, Ch, H, W = x.shape
     A, C = p.n, p.classes
     K = 9 + C
-    if Ch != A * K:
-        raise DataError(f"{p.where}: input has {Ch} channels, expected {A}x(9+{C}) = {A * K}")
+    N, H, W = split_head_input(x, A, K, p.where)
     net_h, net_w = int(input_hw[0]), int(input_hw[1])
     dev = x.device
     out = head.activate(x.detach().float()).view(N, A, K, H, W).permute(0, 1, 3, 4, 2).reshape(-1, K)
@@ -251,7 +249,7 @@ def gaussian_yolo_delta(head: Any, x: Tensor, targets: Tensor, input_hw: tuple[i
                        obj=ratio(st["obj"], count), no_obj=float(obj.sum()) / S,
                        recall50=ratio(st["r50"], count), recall75=ratio(st["r75"], count),
                        count=count, cost=float(cost))
-    delta = D.view(N, A, H, W, K).permute(0, 1, 4, 2, 3).reshape(N, Ch, H, W)
+    delta = D.view(N, A, H, W, K).permute(0, 1, 4, 2, 3).reshape(N, A * K, H, W)
     return delta, cost, stats
 
 

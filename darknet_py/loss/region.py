@@ -34,7 +34,8 @@ from torch import Tensor
 
 from ..boxes import box_iou_cxcywh
 from ..errors import DataError, UnsupportedLayerError
-from .base import delta_loss, f32, log_f, logistic_gradient, ratio, stats_dict, per_head
+from .base import (delta_loss, DialectParams, f32, log_f, logistic_gradient, per_head, ratio,
+                   split_head_input, stats_dict)
 from .targets import (best_truth_per_prediction, first_argmax_above_zero, order_in_slot,
                       pad_by_image, select_truths, truth_cells)
 from .yolo import where_of
@@ -48,7 +49,7 @@ BACKWARDS = ("delta", "gpu", "cpu")
 
 
 @dataclass(frozen=True)
-class RegionParams:
+class RegionParams(DialectParams):
     where: str
     dialect: str
     classes: int
@@ -66,10 +67,6 @@ class RegionParams:
     object_scale: float
     noobject_scale: float
     class_scale: float
-
-    @property
-    def ab(self) -> bool:
-        return self.dialect == "alexeyab"
 
 
 @per_head
@@ -163,11 +160,9 @@ def region_delta(head: Any, x: Tensor, targets: Tensor, input_hw: tuple[int, int
                  params: RegionParams | None = None) -> tuple[Tensor, Tensor, dict[str, Any]]:
     """darknet's ``l.delta`` of a [region] head: ``(delta [N, C, H, W], cost, stats)``."""
     p = params or region_params(head)
-    N, Ch, H, W = x.shape
     A, C = p.n, p.classes
     K = 5 + C
-    if Ch != A * K:
-        raise DataError(f"{p.where}: input has {Ch} channels, expected {A}x(5+{C}) = {A * K}")
+    N, H, W = split_head_input(x, A, K, p.where)
     dev = x.device
     raw = x.detach().float().view(N, A, K, H, W).permute(0, 1, 3, 4, 2).reshape(-1, K)
     out = activate(p, raw)
@@ -272,7 +267,7 @@ def region_delta(head: Any, x: Tensor, targets: Tensor, input_hw: tuple[int, int
                        obj=ratio(st["obj"], count), no_obj=float(obj.sum()) / S,
                        recall50=ratio(st["r50"], count), recall75=float("nan"),
                        count=count, cost=float(cost))
-    delta = D.view(N, A, H, W, K).permute(0, 1, 4, 2, 3).reshape(N, Ch, H, W)
+    delta = D.view(N, A, H, W, K).permute(0, 1, 4, 2, 3).reshape(N, A * K, H, W)
     return delta, cost, stats
 
 

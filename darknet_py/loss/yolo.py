@@ -33,7 +33,8 @@ from torch import Tensor
 
 from ..boxes import IOU_KINDS, box_giou_cxcywh, box_iou_cxcywh, dx_box_iou_cxcywh
 from ..errors import CfgError, DataError
-from .base import SparseDelta, f32, log_f, ratio, sparse_delta_loss, sqrt_f, stats_dict, per_head
+from .base import (DialectParams, f32, log_f, per_head, ratio, sparse_delta_loss, SparseDelta,
+                   split_head_input, sqrt_f, stats_dict)
 from .targets import (best_anchor, best_truth_per_prediction, order_in_slot,
                       pad_by_image, select_truths, shape_ious, truth_cells)
 
@@ -44,7 +45,7 @@ PJ_TRUTH_BOXES = 90
 
 
 @dataclass(frozen=True)
-class YoloParams:
+class YoloParams(DialectParams):
     """The options ``forward_yolo_layer`` reads, as darknet holds them (float32)."""
 
     where: str
@@ -74,10 +75,6 @@ class YoloParams:
     show_details: bool = True
     #: darknet_py extension (not a darknet option): objectness target = IoU, not 1
     rescore: bool = False
-
-    @property
-    def ab(self) -> bool:
-        return self.dialect == "alexeyab"
 
 
 def where_of(head: Any) -> str:
@@ -301,11 +298,9 @@ def yolo_sparse_delta(head: Any, x: Tensor, targets: Tensor, input_hw: tuple[int
     truths; box and class deltas are computed only for the slots darknet writes
     (responsible predictions and assigned cells), as rows ``[R, 5+C]``."""
     p = params or yolo_params(head)
-    N, Ch, H, W = x.shape
     A, C = p.n, p.classes
     K = 5 + C
-    if Ch != A * K:
-        raise DataError(f"{p.where}: input has {Ch} channels, expected {A}x(5+{C}) = {A * K}")
+    N, H, W = split_head_input(x, A, K, p.where)
     net_h, net_w = int(input_hw[0]), int(input_hw[1])
     dev = x.device
     v = x.detach().float().view(N, A, K, H, W)
