@@ -8,11 +8,13 @@ shuffled order with ``os.sync()`` (untimed) before each:
 * load: ``Darknet.load_weights`` vs one ``numpy.fromfile`` of the same file,
   vs pytorchyolo's ``load_darknet_weights`` (if ``pip install pytorchyolo
   --no-deps`` is installed; its unused torchvision/imgaug imports are stubbed);
-* save: ``Darknet.save_weights`` (atomic: temp file, by default fsync, rename;
-  ``durable=False`` skips the fsync) vs one ``ndarray.tofile`` of the same bytes
+* save: ``Darknet.save_weights`` (atomic: temp file with its size reserved,
+  rename; ``durable=True`` adds an fsync) vs one ``ndarray.tofile`` of the same bytes
   (without and with fsync), vs pytorchyolo's ``save_darknet_weights``; each to a
   new file and over an existing one (where ext4 makes a rename over an existing
-  file start writing the new data back at once);
+  file start writing the new data back at once, unless its blocks were reserved;
+  our save frees the replaced file in a background thread: the time shown is
+  what the caller waits);
 * peak extra memory of each, in a fresh subprocess: VmHWM - VmRSS after the
   model is built (Linux ``/proc``), relative to the file size.
 
@@ -136,9 +138,9 @@ def _ops(cfg: Path, path: Path, out_dir: Path) -> dict[str, Op]:
                                               pre(f"raw_{where}.bin"))
         ops[f"[{where}] ndarray.tofile + fsync"] = Op(raw_data, tofile(f"rawsync_{where}.bin", True),
                                                       pre(f"rawsync_{where}.bin"))
-        ops[f"[{where}] save_weights(durable=False)"] = Op(
+        ops[f"[{where}] save_weights (default)"] = Op(
             loaded_model, save(f"ours_{where}.weights", False), pre(f"ours_{where}.weights"))
-        ops[f"[{where}] save_weights (fsync)"] = Op(
+        ops[f"[{where}] save_weights(durable=True)"] = Op(
             loaded_model, save(f"ourssync_{where}.weights", True), pre(f"ourssync_{where}.weights"))
     if py is not None:
         def py_setup():
@@ -250,10 +252,10 @@ def main() -> None:
         for where in ("new file", "overwrite"):
             w = f"[{where}] "
             print(f"  {where}:")
-            print(f"    save(durable=False) / tofile             {ratio(w + 'save_weights(durable=False)', w + 'ndarray.tofile')}")
-            print(f"    save(fsync) / tofile + fsync             {ratio(w + 'save_weights (fsync)', w + 'ndarray.tofile + fsync')}")
-            print(f"    save(durable=False) / pytorchyolo save   {ratio(w + 'save_weights(durable=False)', w + 'pytorchyolo save_darknet_weights')}")
-            print(f"    save(fsync) / pytorchyolo save           {ratio(w + 'save_weights (fsync)', w + 'pytorchyolo save_darknet_weights')}")
+            print(f"    save (default) / tofile                  {ratio(w + 'save_weights (default)', w + 'ndarray.tofile')}")
+            print(f"    save(durable=True) / tofile + fsync      {ratio(w + 'save_weights(durable=True)', w + 'ndarray.tofile + fsync')}")
+            print(f"    save (default) / pytorchyolo save        {ratio(w + 'save_weights (default)', w + 'pytorchyolo save_darknet_weights')}")
+            print(f"    save(durable=True) / pytorchyolo save    {ratio(w + 'save_weights(durable=True)', w + 'pytorchyolo save_darknet_weights')}")
 
 
 if __name__ == "__main__":

@@ -122,7 +122,7 @@ class Detector:
 
     def to_detections(self, dets: Detections, width: int, height: int) -> list[Detection]:
         out = []
-        for i, cls, prob in dets.pairs(self.post.thresh):
+        for i, cls, prob in dets.pairs(self.post.thresh, self.post.dialect, self.names):
             name = self.names[cls] if cls < len(self.names) else str(cls)
             out.append(Detection(cls, name, prob, dets.corners(i, width, height)))
         return out

@@ -145,5 +145,5 @@ class Darknet(nn.Module):
 
     def save_weights(self, path: str | os.PathLike, cutoff: int | None = None,
                      version: tuple[int, int, int] | None = None, seen: int | None = None,
-                     durable: bool = True) -> Header:
+                     durable: bool = False) -> Header:
         return save_weights(self, path, cutoff, version, seen, durable)

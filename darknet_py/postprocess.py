@@ -82,12 +82,35 @@ class Detections:
         return np.concatenate([self.boxes, self.objectness[:, None],
                                self.sort_class[:, None].astype(F32), self.prob], axis=1)
 
-    def pairs(self, thresh: float) -> list[tuple[int, int, float]]:
+    def pairs(self, thresh: float, dialect: str = "pjreddie",
+              names: Sequence[str] | None = None) -> list[tuple[int, int, float]]:
         """``(det index, class, prob)`` for every prob > thresh, in the order
-        darknet prints them (detections in array order, classes ascending)."""
+        darknet prints them.
+
+        pjreddie (``draw_detections``): detections in array order, classes
+        ascending.  AlexeyAB (``draw_detections_v3``): a detection is kept when
+        a class whose name does not start with ``dont_show`` is above thresh;
+        its best such class (the first maximum) comes first, then its other
+        classes above thresh ascending; detections sorted by their left edge
+        ``x - w/2``.
+        """
         t = F32(thresh)
-        idx, cls = np.nonzero(self.prob > t)
-        return [(int(i), int(c), float(self.prob[i, c])) for i, c in zip(idx, cls)]
+        above = self.prob > t
+        if dialect != "alexeyab":
+            idx, cls = np.nonzero(above)
+            return [(int(i), int(c), float(self.prob[i, c])) for i, c in zip(idx, cls)]
+        shown = np.ones(self.classes, bool)
+        if names is not None:
+            shown[:len(names)] = [not str(n).startswith("dont_show") for n in names[:self.classes]]
+        masked = np.where(above & shown, self.prob, -np.inf)
+        keep = np.nonzero(np.isfinite(masked).any(axis=1))[0]
+        left = self.boxes[keep, 0] - self.boxes[keep, 2] / F32(2)
+        out = []
+        for i in keep[np.argsort(left, kind="stable")]:
+            best = int(np.argmax(masked[i]))
+            out.append((int(i), best, float(self.prob[i, best])))
+            out.extend((int(i), int(c), float(self.prob[i, c])) for c in np.nonzero(above[i])[0] if c != best)
+        return out
 
     def corners(self, index: int, width: int, height: int, clip: bool = True) -> tuple[float, ...]:
         """``(left, top, right, bottom)`` of detection ``index`` in pixels of a

@@ -283,10 +283,17 @@ def test_onnx_matches_torch(conformance, manifest, tmp_path, name):
         ref = model(x)
     assert [o.shape for o in got] == [tuple(r.shape) for r in ref]
     assert report.outputs == [f"{model.module_list[i].type}_{i}" for i in (model.heads or [len(model.module_list) - 1])]
-    tol = case["tolerances"]["recommended"]["end_to_end_relative_to_layer_max_abs"] if name in CHAOTIC else 1e-4
-    for g, r, label in zip(got, ref, report.outputs):
-        d = float(np.abs(g - r.numpy()).max()) / max(1.0, float(r.abs().max()))
-        assert d <= tol, f"{label}: onnxruntime vs torch {d:.3g} > {tol:.3g}"
+    diffs = {label: C._rel(g, r) for g, r, label in zip(got, ref, report.outputs)}
+    if name not in CHAOTIC:
+        assert max(diffs.values()) <= 1e-4, diffs
+        return
+    # Two correct float32 programs part by more than 1e-4 here.  The graph is
+    # judged against exact arithmetic (the same network in float64): onnxruntime
+    # must be no further from it than torch's own float32 forward.
+    onnx_gap, torch_gap = C.exact_arithmetic_gaps(C._Outputs(model), got, x)
+    assert onnx_gap <= max(1e-4, torch_gap), f"onnxruntime {onnx_gap:.3g} vs torch {torch_gap:.3g} from float64"
+    tol = case["tolerances"]["recommended"]["end_to_end_relative_to_layer_max_abs"]
+    assert max(diffs.values()) <= tol, diffs
 
 
 # yolov4-csp has yolov4's layer kinds (mish convs, SPP maxpools, routes, shortcuts, upsample) plus

@@ -424,6 +424,28 @@ def test_nms_by_hand():
         nms_sort(d, 0.45, "soft")
 
 
+def test_print_order_pjreddie_and_alexeyab_by_hand():
+    """pjreddie prints detections in array order, classes ascending.  AlexeyAB
+    (draw_detections_v3) sorts the kept detections by left edge x - w/2, prints
+    the best class first, then the others above thresh ascending; a class named
+    dont_show* cannot select a detection but is still printed beside another."""
+    boxes = [[0.6, 0.5, 0.2, 0.2],    # left .5
+             [0.5, 0.5, 0.6, 0.2],    # left .2
+             [0.3, 0.5, 0.1, 0.1],    # left .25, only dont_show above thresh
+             [0.9, 0.5, 0.1, 0.1]]    # left .85, nothing above thresh
+    probs = [[0.3, 0.9, 0.0], [0.6, 0.4, 0.8], [0.0, 0.0, 0.7], [0.2, 0.1, 0.0]]
+    d = _dets(boxes, probs)
+    pj = [(i, c) for i, c, _ in d.pairs(0.25)]
+    assert pj == [(0, 0), (0, 1), (1, 0), (1, 1), (1, 2), (2, 2)]
+    ab = [(i, c) for i, c, _ in d.pairs(0.25, "alexeyab", ["a", "b", "dont_show_c"])]
+    assert ab == [(1, 0), (1, 1), (1, 2), (0, 1), (0, 0)]
+    ab_all = [(i, c) for i, c, _ in d.pairs(0.25, "alexeyab", ["a", "b", "c"])]
+    assert ab_all == [(1, 2), (1, 0), (1, 1), (2, 2), (0, 1), (0, 0)]
+    # equal maxima: the first class wins; probs equal to thresh are not above it
+    tie = _dets([[0.5, 0.5, 0.2, 0.2]], [[0.5, 0.5, 0.25]])
+    assert [c for _, c, _ in tie.pairs(0.25, "alexeyab")] == [0, 1]
+
+
 def test_alexeyab_region_activation_and_decode_by_hand():
     """AlexeyAB [region]: only objectness (logistic) and classes (softmax) are
     activated in the output; x, y get the logistic when decoded; objectness 1."""

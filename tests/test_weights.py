@@ -7,6 +7,7 @@ layout is worked out by hand from darknet's load/save functions.
 """
 from __future__ import annotations
 
+import os
 import struct
 import warnings
 
@@ -550,21 +551,68 @@ def test_float64_model_loads_and_saves_the_same_bytes(conformance, manifest, tmp
 def test_interrupted_save_leaves_no_file(tmp_path, monkeypatch):
     m = _tiny()
     target = tmp_path / "out.weights"
-    calls = []
+    real_writev = os.writev
 
-    def failing(fh, e):
-        calls.append(e.name)
-        if len(calls) == 3:
-            raise KeyboardInterrupt("interrupted")
-        fh.write(b"\0" * 4 * e.count)
+    def failing(fd, buffers):   # half the data reaches the temp file, then the process is interrupted
+        real_writev(fd, buffers[: len(buffers) // 2])
+        raise KeyboardInterrupt("interrupted")
 
-    monkeypatch.setattr(W, "_write_entry", failing)
+    monkeypatch.setattr(os, "writev", failing)
     with pytest.raises(KeyboardInterrupt):
         m.save_weights(target)
     assert not target.exists()
     assert list(tmp_path.iterdir()) == []             # no temporary left behind either
     target.write_bytes(b"old")
     with pytest.raises(KeyboardInterrupt):
-        calls.clear()
         m.save_weights(target)
     assert target.read_bytes() == b"old"               # an existing file is never half-replaced
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.weights"]
+
+
+def test_short_writes_are_resumed(tmp_path, monkeypatch):
+    """The kernel may write less than asked: every byte still lands, in order."""
+    m = _tiny()
+    whole = tmp_path / "whole.weights"
+    m.save_weights(whole)
+    real_writev = os.writev
+    calls = []
+
+    def stingy(fd, buffers):
+        calls.append(len(buffers))
+        first = bytes(buffers[0])[:7]          # at most 7 bytes of the first buffer per call
+        return real_writev(fd, [first])
+
+    monkeypatch.setattr(os, "writev", stingy)
+    m.save_weights(tmp_path / "short.weights")
+    assert (tmp_path / "short.weights").read_bytes() == whole.read_bytes()
+    assert len(calls) >= whole.stat().st_size // 7
+
+
+def test_full_disk_is_one_error_and_keeps_the_old_file(tmp_path, monkeypatch):
+    import errno
+
+    import darknet_py.io as dio
+    target = tmp_path / "out.weights"
+    target.write_bytes(b"old")
+
+    def no_space(fd, size):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(dio, "preallocate", no_space)
+    with pytest.raises(WeightsError, match=r"out\.weights: cannot write: No space left on device"):
+        _tiny().save_weights(target)
+    assert target.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.weights"]
+
+
+def test_overwrite_replaces_the_file_and_keeps_its_mode(tmp_path):
+    m = _tiny()
+    fresh = tmp_path / "fresh.weights"
+    m.save_weights(fresh)
+    target = tmp_path / "out.weights"
+    target.write_bytes(b"x" * 100_000)               # longer than the new file
+    os.chmod(target, 0o640)
+    m.save_weights(target)
+    assert target.read_bytes() == fresh.read_bytes()
+    assert target.stat().st_mode & 0o777 == 0o640     # like darknet's fopen("wb") over a file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh.weights", "out.weights"]

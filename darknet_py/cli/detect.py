@@ -2,8 +2,8 @@
 [--json OUT] [--save-dir DIR]``
 
 IMAGES are files, folders (their image files, sorted) or glob patterns.
-Without ``--json`` it prints darknet's lines (``<image>: Predicted in ... seconds.``
-then ``name: NN%`` per detection); ``--json OUT`` writes
+Without ``--json`` it prints darknet's lines (``<image>: Predicted in ...``
+then ``name: NN%`` per detection, in the order of the cfg's darknet); ``--json OUT`` writes
 ``[{"image": path, "detections": [{"class_id", "name", "prob", "box": [x1, y1, x2, y2]}]}]``
 (``-`` for stdout); ``--save-dir`` writes annotated copies.  An image that is
 missing or unreadable is reported on stderr by name, the others are still
@@ -124,7 +124,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"darknet-py detect: {res.error}", file=sys.stderr)
             continue
         if args.json is None:
-            print(f"{res.image}: Predicted in {res.seconds:.6f} seconds.")
+            if det.post.dialect == "alexeyab":
+                print(f"{res.image}: Predicted in {res.seconds * 1000:.6f} milli-seconds.")
+            else:
+                print(f"{res.image}: Predicted in {res.seconds:.6f} seconds.")
             for d in res.detections:
                 print(f"{d.name}: {d.prob * 100:.0f}%")
         if args.save_dir:

@@ -304,12 +304,12 @@ def main(argv: list[str] | None = None) -> int:
     def save(name: str, with_state: bool = False) -> None:
         if not main_rank:
             return
-        model.save_weights(backup / f"{cfg_name}_{name}.weights")
+        model.save_weights(backup / f"{cfg_name}_{name}.weights", durable=True)
         if with_state:
             state = {"model": model.state_dict(), "trainer": trainer.state_dict(),
                      "minibatch": minibatch, "cfg": Path(args.cfg).read_text(),
                      "iteration": trainer.iteration}
-            with atomic_open(backup / f"{cfg_name}_{name}.pt") as fh:
+            with atomic_open(backup / f"{cfg_name}_{name}.pt", durable=True) as fh:
                 torch.save(state, fh)
 
     def evaluate() -> float:
