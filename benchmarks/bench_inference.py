@@ -7,9 +7,10 @@ vs pytorchyolo, side by side, with ratios.  Not a test.
   yolov3 (conformance/zoo/pjreddie/yolov3.cfg) with random weights written by
   our own writer; both at 416x416, batch 1 and 8; the same cfg/weights files
   for every engine, torch threads = OpenCV threads.
-* every measurement runs in its own subprocess, so each engine's peak memory
-  (ru_maxrss) is its own; latency is the median of ``--repeat`` runs after a
-  warm-up.
+* latency: for each model and batch size, every engine is loaded in one
+  subprocess and timed in ``--repeat`` interleaved rounds after a warm-up (a
+  drift of the machine hits all engines alike); the median (and min) per batch.
+* peak memory (ru_maxrss): each engine alone in a fresh subprocess.
 * end to end: ``darknet-py detect``'s Detector on the photo folder (decode,
   letterbox, network, decode, NMS), images per second.
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -74,7 +76,8 @@ def _model_files(name: str, workdir: Path) -> tuple[str, str]:
 
 
 def _time(fn, repeat: int) -> float:
-    fn()  # warm-up (allocations, oneDNN primitive caches)
+    """Median seconds of ``repeat`` calls after two warm-up calls."""
+    fn()
     fn()
     times = []
     for _ in range(repeat):
@@ -89,14 +92,9 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def run_one(engine: str, cfg: str, weights: str, batch: int, threads: int, repeat: int) -> dict:
-    """One engine, one model, one batch size: median seconds per batch, peak MB."""
-    import numpy as np
+def _make_engine(engine: str, cfg: str, weights: str, x_np, threads: int):
+    """A no-argument function running one forward pass of ``engine`` on ``x_np``."""
     import torch
-    torch.set_num_threads(threads)
-    rng = np.random.default_rng(0)
-    x_np = rng.random((batch, 3, SIZE, SIZE), dtype=np.float32)
-    base_mb = _peak_mb()
     if engine == "opencv":
         import cv2
         cv2.setNumThreads(threads)
@@ -107,7 +105,8 @@ def run_one(engine: str, cfg: str, weights: str, batch: int, threads: int, repea
         def fn():
             net.setInput(x_np)
             net.forward(outs)
-    elif engine == "pytorchyolo":
+        return fn
+    if engine == "pytorchyolo":
         for missing in ("torchvision", "imgaug"):
             try:
                 __import__(missing)
@@ -122,41 +121,81 @@ def run_one(engine: str, cfg: str, weights: str, batch: int, threads: int, repea
         def fn():
             with torch.no_grad():
                 m(x)
+        return fn
+    from darknet_py import Darknet
+    from darknet_py.fuse import inference_model
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = Darknet(cfg, SIZE, SIZE)
+    model.load_weights(weights)
+    model.eval()
+    x = torch.from_numpy(x_np)
+    if engine == "ours-unfused-nograd":
+        def fn():
+            with torch.no_grad():
+                model(x)
+    elif engine == "ours-unfused-inference":
+        def fn():
+            with torch.inference_mode():
+                model(x)
+    elif engine == "ours-fused":
+        fm = inference_model(model)
+
+        def fn():
+            with torch.inference_mode():
+                fm(x)
+    elif engine == "ours-fused-cl":
+        fm = inference_model(model, channels_last=True)
+        xc = x.contiguous(memory_format=torch.channels_last)
+
+        def fn():
+            with torch.inference_mode():
+                fm(xc)
     else:
-        from darknet_py import Darknet
-        from darknet_py.fuse import inference_model
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model = Darknet(cfg, SIZE, SIZE)
-        model.load_weights(weights)
-        model.eval()
-        x = torch.from_numpy(x_np)
-        if engine == "ours-unfused-nograd":
-            def fn():
-                with torch.no_grad():
-                    model(x)
-        elif engine == "ours-unfused-inference":
-            def fn():
-                with torch.inference_mode():
-                    model(x)
-        elif engine == "ours-fused":
-            fm = inference_model(model)
+        raise SystemExit(f"unknown engine {engine}")
+    return fn
 
-            def fn():
-                with torch.inference_mode():
-                    fm(x)
-        elif engine == "ours-fused-cl":
-            fm = inference_model(model, channels_last=True)
-            xc = x.contiguous(memory_format=torch.channels_last)
 
-            def fn():
-                with torch.inference_mode():
-                    fm(xc)
-        else:
-            raise SystemExit(f"unknown engine {engine}")
-    sec = _time(fn, repeat)
-    return {"engine": engine, "batch": batch, "seconds": sec, "ms_per_image": sec / batch * 1000,
-            "peak_mb": _peak_mb(), "base_mb": base_mb}
+def _input(batch: int):
+    import numpy as np
+    return np.random.default_rng(0).random((batch, 3, SIZE, SIZE), dtype=np.float32)
+
+
+def run_timing(engines: list[str], cfg: str, weights: str, batch: int, threads: int, repeat: int) -> dict:
+    """Every engine in this one process, timed in interleaved rounds (a drift of
+    the machine hits all alike): median seconds per batch for each."""
+    import torch
+    torch.set_num_threads(threads)
+    x_np = _input(batch)
+    fns, times = {}, {}
+    for e in engines:
+        try:
+            fns[e] = _make_engine(e, cfg, weights, x_np, threads)
+        except Exception as exc:  # e.g. pytorchyolo or OpenCV missing
+            times[e] = {"error": f"{type(exc).__name__}: {exc}"}
+    for fn in fns.values():       # warm-up (allocations, oneDNN primitive caches)
+        fn()
+        fn()
+    samples: dict[str, list[float]] = {e: [] for e in fns}
+    for _ in range(repeat):
+        for e, fn in fns.items():
+            time.sleep(0.05)      # the previous engine's worker threads go idle first (untimed)
+            t = time.perf_counter()
+            fn()
+            samples[e].append(time.perf_counter() - t)
+    for e, v in samples.items():
+        times[e] = {"seconds": statistics.median(v), "min": min(v)}
+    return times
+
+
+def run_memory(engine: str, cfg: str, weights: str, batch: int, threads: int) -> dict:
+    """Peak memory of one engine alone in a fresh process (two forward passes)."""
+    import torch
+    torch.set_num_threads(threads)
+    fn = _make_engine(engine, cfg, weights, _input(batch), threads)
+    fn()
+    fn()
+    return {"peak_mb": _peak_mb()}
 
 
 def run_detect(cfg: str, weights: str, threads: int, repeat: int, channels_last: bool) -> dict:
@@ -202,12 +241,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--omp-wait-policy", choices=["active", "passive"],
                    help="OMP_WAIT_POLICY for the measured processes (passive: OpenMP threads sleep "
                         "instead of spinning, much faster when the cores are shared with other work)")
-    p.add_argument("--one", nargs=4, metavar=("ENGINE", "CFG", "WEIGHTS", "BATCH"), help=argparse.SUPPRESS)
+    p.add_argument("--timing", nargs=4, metavar=("ENGINES", "CFG", "WEIGHTS", "BATCH"), help=argparse.SUPPRESS)
+    p.add_argument("--memory", nargs=4, metavar=("ENGINE", "CFG", "WEIGHTS", "BATCH"), help=argparse.SUPPRESS)
     p.add_argument("--detect", nargs=3, metavar=("CFG", "WEIGHTS", "CL"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.one:
-        engine, cfg, weights, batch = args.one
-        print(json.dumps(run_one(engine, cfg, weights, int(batch), args.threads, args.repeat)))
+    if args.timing:
+        engines, cfg, weights, batch = args.timing
+        print(json.dumps(run_timing(engines.split(","), cfg, weights, int(batch), args.threads, args.repeat)))
+        return 0
+    if args.memory:
+        engine, cfg, weights, batch = args.memory
+        print(json.dumps(run_memory(engine, cfg, weights, int(batch), args.threads)))
         return 0
     if args.detect:
         cfg, weights, cl = args.detect
@@ -215,28 +259,51 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     workdir = Path(tempfile.mkdtemp(prefix="darknet_py_bench_"))
+    try:
+        _report(args, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+def _report(args, workdir: Path) -> None:
     engines = args.engines.split(",")
     print(f"threads={args.threads} repeat={args.repeat} input {SIZE}x{SIZE} OMP_WAIT_POLICY="
           f"{args.omp_wait_policy or os.environ.get('OMP_WAIT_POLICY', 'default')} load average "
-          f"{os.getloadavg()[0]:.1f}; median seconds per batch")
+          f"{os.getloadavg()[0]:.1f}; latency: median (and min) seconds per batch over interleaved "
+          f"rounds in one process; peak memory: each engine alone in its own process")
     for name in args.models.split(","):
         cfg, weights = _model_files(name, workdir)
         label = "yolov3-tiny (official weights)" if name == "tiny" else "yolov3 (random weights)"
         for batch in (int(b) for b in args.batches.split(",")):
-            rows = {e: _sub(["--one", e, cfg, weights, str(batch), "--threads", str(args.threads),
-                             "--repeat", str(args.repeat)], args.omp_wait_policy) for e in engines}
+            rows = _sub(["--timing", ",".join(engines), cfg, weights, str(batch), "--threads",
+                         str(args.threads), "--repeat", str(args.repeat)], args.omp_wait_policy)
+            if "error" in rows:
+                print(f"\n{label}, batch {batch}: failed: {rows['error']}")
+                continue
+            for e in engines:
+                if "seconds" in rows.get(e, {}):
+                    mem = _sub(["--memory", e, cfg, weights, str(batch), "--threads", str(args.threads)],
+                               args.omp_wait_policy)
+                    rows[e]["peak_mb"] = mem.get("peak_mb")
             ref = rows.get("opencv", {}).get("seconds")
             print(f"\n{label}, batch {batch}")
-            print(f"  {'engine':24s} {'ms/batch':>10s} {'ms/image':>10s} {'vs OpenCV':>10s} {'peak MB':>9s}")
-            for e, r in rows.items():
+            print(f"  {'engine':24s} {'ms/batch':>10s} {'min':>8s} {'ms/image':>10s} {'vs OpenCV':>10s} "
+                  f"{'peak MB':>9s}")
+            for e in engines:
+                r = rows.get(e, {"error": "not run"})
                 if "error" in r:
                     print(f"  {e:24s} unavailable: {r['error'][:90]}")
                     continue
                 ratio = f"{r['seconds'] / ref:9.2f}x" if ref else "      n/a"
-                print(f"  {e:24s} {r['seconds'] * 1000:10.1f} {r['ms_per_image']:10.1f} {ratio:>10s} "
-                      f"{r['peak_mb']:9.0f}")
+                peak = f"{r['peak_mb']:9.0f}" if r.get("peak_mb") else "        -"
+                print(f"  {e:24s} {r['seconds'] * 1000:10.1f} {r['min'] * 1000:8.1f} "
+                      f"{r['seconds'] / batch * 1000:10.1f} {ratio:>10s} {peak}")
+            ours = [(r["seconds"], e) for e, r in rows.items() if e.startswith("ours") and "seconds" in r]
+            if not ours:
+                continue
+            best = min(ours)
             py = rows.get("pytorchyolo", {}).get("seconds")
-            best = min((r["seconds"], e) for e, r in rows.items() if e.startswith("ours") and "seconds" in r)
             if py:
                 print(f"  best ours ({best[1]}) vs pytorchyolo: {best[0] / py:.2f}x")
             if ref:
@@ -250,7 +317,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  channels_last={cl}: failed: {r['error']}")
         else:
             print(f"  channels_last={cl}: {r['images_per_second']:.2f} images/s, peak {r['peak_mb']:.0f} MB")
-    return 0
 
 
 if __name__ == "__main__":

@@ -18,7 +18,11 @@ what ``get_network_boxes`` and ``do_nms_sort`` / ``diounms_sort`` do:
 ``thresh`` follows darknet: a [yolo] box is kept when objectness > thresh and
 each class probability ``objectness * p`` is kept when > thresh (else 0);
 [region] and [detection] always emit every box.  ``hier_thresh`` is only read
-by yolo9000's tree heads, which darknet_py rejects at build time.
+by pjreddie's [region] with ``tree=`` (yolo9000): each box gets the one class
+``hierarchy_top_prediction`` walks down to (:mod:`darknet_py.tree`);
+AlexeyAB's tree [region] ignores it (it keeps the last class, by index, whose
+path probability is > .5).  darknet's ``map`` argument of ``get_network_boxes``
+(only its validation passes one, from the .data file) is not supported.
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ from torch import Tensor
 
 from . import boxes as B
 from .image import letterbox_size
+from .tree import Tree, hierarchy_predictions, hierarchy_top_prediction, last_above
 
 F32 = np.float32
 F64 = np.float64
@@ -287,9 +292,35 @@ def decode_gaussian_yolo(head, out: Tensor, ctx: DecodeContext) -> Detections:
     return Detections(boxes, obj.copy(), prob, np.zeros(k, np.int64), np.ones(k, bool), head.classes)
 
 
+def _tree_probs_pjreddie(tree: Tree, scale: np.ndarray, cls: np.ndarray, thresh: np.float32,
+                         hier_thresh: np.float32) -> np.ndarray:
+    """pjreddie's tree branch of ``get_region_detections`` (no ``map``): the path
+    probabilities (``hierarchy_predictions``), then one class per box, the one
+    ``hierarchy_top_prediction`` picks with ``hier_thresh``, with probability
+    ``scale`` when ``scale > thresh`` (else 0).  ``cls``: ``float32 [K, classes]``."""
+    top = hierarchy_top_prediction(hierarchy_predictions(cls, tree), tree, hier_thresh)
+    prob = np.zeros_like(cls, dtype=F32)
+    prob[np.arange(len(top)), top] = np.where(scale > thresh, scale, F32(0))
+    return prob
+
+
+def _tree_probs_alexeyab(tree: Tree, scale: np.ndarray, cls: np.ndarray, thresh: np.float32) -> np.ndarray:
+    """AlexeyAB's tree branch of ``get_region_boxes`` (no ``map``; ``hier_thresh``
+    is not read): the path probabilities, then only the highest class index whose
+    path probability is > .5 is kept, with that probability (not times
+    ``scale``) when ``scale > thresh``."""
+    cum = hierarchy_predictions(cls, tree)
+    found = last_above(cum, 0.5)
+    rows = np.nonzero((found >= 0) & (scale > thresh))[0]
+    prob = np.zeros_like(cls, dtype=F32)
+    prob[rows, found[rows]] = cum[rows, found[rows]]
+    return prob
+
+
 def decode_region_pjreddie(head, out: Tensor, ctx: DecodeContext) -> Detections:
     """pjreddie ``get_region_detections``: every box, anchor-major
-    (index ``n * w * h + i``); objectness 0 when not above thresh."""
+    (index ``n * w * h + i``); objectness 0 when not above thresh.  With a tree
+    see :func:`_tree_probs_pjreddie` (``ctx.hier_thresh``)."""
     c, h, w = out.shape
     n, per, co = head.n, head.per_anchor, head.coords
     thresh = F32(ctx.thresh)
@@ -305,8 +336,11 @@ def decode_region_pjreddie(head, out: Tensor, ctx: DecodeContext) -> Detections:
     scale = np.ones((n, h * w), F32) if head.background else v[:, co]
     obj = np.where(scale > thresh, scale, F32(0)).astype(F32).reshape(-1)
     cls = v[:, co + 1:co + 1 + head.classes].transpose(0, 2, 1).reshape(n * h * w, head.classes)
-    prob = _class_probs(scale.reshape(-1), cls, thresh)
-    prob[obj == 0] = 0
+    if head.tree is not None:
+        prob = _tree_probs_pjreddie(head.tree, scale.reshape(-1), cls, thresh, F32(ctx.hier_thresh))
+    else:
+        prob = _class_probs(scale.reshape(-1), cls, thresh)
+        prob[obj == 0] = 0
     boxes = CORRECTIONS[ctx.dialect](bx.reshape(-1, 4), ctx)
     k = n * h * w
     return Detections(boxes, obj, prob, np.zeros(k, np.int64), np.ones(k, bool), head.classes)
@@ -315,7 +349,7 @@ def decode_region_pjreddie(head, out: Tensor, ctx: DecodeContext) -> Detections:
 def decode_region_alexeyab(head, out: Tensor, ctx: DecodeContext) -> Detections:
     """AlexeyAB ``custom_get_region_detections``: every box, location-major
     (index ``i * n + a``), x/y through the logistic here, objectness 1,
-    ``prob = objectness_output * p``."""
+    ``prob = objectness_output * p``.  With a tree see :func:`_tree_probs_alexeyab`."""
     c, h, w = out.shape
     n, per = head.n, head.per_anchor
     thresh = F32(ctx.thresh)
@@ -333,7 +367,11 @@ def decode_region_alexeyab(head, out: Tensor, ctx: DecodeContext) -> Detections:
     scale = v[:, 4].copy()
     if head.opts.get("classfix", 0) == -1:
         scale[scale < F32(0.5)] = 0
-    prob = _class_probs(scale, v[:, 5:5 + head.classes], thresh)
+    cls = v[:, 5:5 + head.classes]
+    if head.tree is not None:
+        prob = _tree_probs_alexeyab(head.tree, scale, cls, thresh)
+    else:
+        prob = _class_probs(scale, cls, thresh)
     boxes = correct_boxes_alexeyab(bx, ctx)
     k = h * w * n
     return Detections(boxes, np.ones(k, F32), prob, np.zeros(k, np.int64), np.ones(k, bool), head.classes)

@@ -200,12 +200,14 @@ def shortcut_multilayer_cpu(inp, adds, weights, nweights, norm):
 
 @pytest.mark.parametrize("dialect", ["pjreddie", "alexeyab"])
 @pytest.mark.parametrize("size,stride,padding", [(2, 2, None), (2, 1, None), (3, 2, None),
-                                                 (3, 1, 0), (3, 2, 3), (5, 1, None), (2, 3, 1)])
-def test_maxpool_windows(dialect, size, stride, padding):
+                                                 (3, 1, 0), (3, 2, 3), (5, 1, None), (2, 3, 1),
+                                                 (4, 2, None), (3, 3, 4)])
+@pytest.mark.parametrize("h,w", [(7, 6), (8, 6)])   # windows reaching out on one side, both or none
+def test_maxpool_windows(dialect, size, stride, padding, h, w):
     pad_line = "" if padding is None else f"padding={padding}\n"
-    m = build(f"[maxpool]\nsize={size}\nstride={stride}\n{pad_line}", 2, 7, 6, dialect)
+    m = build(f"[maxpool]\nsize={size}\nstride={stride}\n{pad_line}", 2, h, w, dialect)
     pad = size - 1 if padding is None else padding
-    x = rand(2, 2, 7, 6)
+    x = rand(2, 2, h, w)
     ref = maxpool_loop(x, size, stride, stride, pad)
     assert m.shapes[0] == ref.shape[1:]
     np.testing.assert_array_equal(run(m, 0, x), ref)

@@ -14,7 +14,9 @@ from torch import Tensor
 
 from ..builder import BuildContext, register
 from ..cfg import Section
+from ..tree import Tree, check_tree_size, group_softmax, load_class_map, load_tree
 from .base import DarknetLayer
+from .conv import unsupported
 
 
 def _check_channels(sec: Section, ctx: BuildContext, expected: int, formula: str) -> None:
@@ -136,6 +138,17 @@ class Region(Head):
     nothing); its x, y go through the logistic when boxes are decoded.  (AlexeyAB
     also stores its buffer location-major, ``[h*w][n][entries]``; here both
     dialects keep the NCHW per-anchor-plane layout, ``postprocess`` reads each.)
+
+    ``tree=`` (yolo9000): the classes get ``softmax_tree`` instead, a softmax
+    within each group of the tree (:mod:`darknet_py.tree`), temperature 1,
+    whatever ``softmax=`` says.  AlexeyAB's CPU forward does exactly that per
+    prediction.  pjreddie's CPU forward is broken for trees (its
+    ``softmax_cpu`` call uses the wrong offsets and strides and the layer's
+    temperature, which ``parse_region`` never sets: 0, so every value it writes
+    is NaN; pjreddie/darknet issues #143, #144); its GPU build, which produced
+    the published yolo9000 results, does the per-location group softmax, and
+    so does this layer for both dialects.  ``map=`` is read here (darknet reads
+    it when the cfg is loaded) and only used by the loss.
     """
 
     type = "region"
@@ -149,10 +162,22 @@ class Region(Head):
         self.anchors = _anchors(sec, self.n)
         self.softmax = bool(sec["softmax"])
         self.per_anchor = per
-        if sec["tree"] or sec["map"]:
-            from ..errors import UnsupportedLayerError
-            raise UnsupportedLayerError(f"layer {ctx.index} [region]: tree=/map= (yolo9000) is "
-                                        f"not supported", sec.file, sec.line)
+        self.tree: Tree | None = None
+        if sec["tree"]:
+            if self.background:
+                raise unsupported(sec, ctx, "tree= with background=1 is not supported", "background")
+            self.tree = load_tree(sec)
+            check_tree_size(sec, self.tree, self.classes, "classes")
+            self.register_buffer("tree_group", self.tree.group_index(), persistent=False)
+        #: ``map=``: the tree class of each label class (read by the loss only)
+        self.class_map = load_class_map(sec, self.classes) if sec["map"] else None
+        ab = self.dialect == "alexeyab"
+        self.class_mode = ("tree" if self.tree is not None else "softmax" if self.softmax
+                           else "raw" if ab else "logistic")
+
+    def activate_classes(self, cls: Tensor) -> Tensor:
+        """``Tensor[N, A, classes, H, W]`` class entries -> their activation."""
+        return _CLASS_ACTIVATIONS[self.class_mode](self, cls)
 
     def activate(self, x: Tensor) -> Tensor:
         n, c, h, w = x.shape
@@ -160,8 +185,7 @@ class Region(Head):
         co = self.coords
         if self.dialect == "alexeyab":
             obj = torch.sigmoid(v[:, :, co:co + 1])
-            cls = v[:, :, co + 1:]
-            parts = [v[:, :, :co], obj, torch.softmax(cls, dim=2) if self.softmax else cls]
+            parts = [v[:, :, :co], obj, self.activate_classes(v[:, :, co + 1:])]
             return torch.cat(parts, dim=2).view(n, c, h, w)
         parts = [torch.sigmoid(v[:, :, :2]), v[:, :, 2:co]]
         if self.softmax and self.background:
@@ -169,12 +193,20 @@ class Region(Head):
         else:
             obj = v[:, :, co:co + 1]
             parts.append(obj if self.background else torch.sigmoid(obj))
-            cls = v[:, :, co + 1:]
-            parts.append(torch.softmax(cls, dim=2) if self.softmax else torch.sigmoid(cls))
+            parts.append(self.activate_classes(v[:, :, co + 1:]))
         return torch.cat(parts, dim=2).view(n, c, h, w)
 
     def forward(self, x: Tensor) -> Tensor:
         return x if self.training else self.activate(x)
+
+
+#: ``Region.class_mode`` -> the class activation on ``Tensor[N, A, classes, H, W]``
+_CLASS_ACTIVATIONS = {
+    "tree": lambda head, cls: group_softmax(cls, 2, head.tree_group, head.tree.groups, 1.0),
+    "softmax": lambda head, cls: torch.softmax(cls, dim=2),
+    "logistic": lambda head, cls: torch.sigmoid(cls),
+    "raw": lambda head, cls: cls,
+}
 
 
 class Detection(Head):

@@ -8,8 +8,9 @@ from torch import Tensor
 
 from ..builder import BuildContext, register
 from ..cfg import Section
+from ..tree import Tree, check_tree_size, group_softmax, load_tree
 from .base import DarknetLayer, flat
-from .conv import activation_for, unsupported
+from .conv import activation_for
 
 
 class Dropout(DarknetLayer):
@@ -30,21 +31,30 @@ class Softmax(DarknetLayer):
     ``exp(x/t - max/t) / sum`` (t = temperature, max over the block of x).
 
     ``spatial=1`` only changes darknet's GPU path; its CPU forward (our reference)
-    ignores it, and so do we."""
+    ignores it, and so do we.
+
+    ``tree=`` (darknet9000): ``softmax_tree`` instead -- per image a softmax within
+    each group of the tree over the flat input, with the temperature; ``groups=``
+    is then only checked to divide the inputs (both darknets).  The tree must have one entry per input."""
 
     type = "softmax"
 
     def __init__(self, sec: Section, ctx: BuildContext):
-        if sec["tree"]:
-            raise unsupported(sec, ctx, "tree= (hierarchical softmax) is not supported", "tree")
         super().__init__(sec, ctx, ctx.in_shape)
         c, h, w = ctx.in_shape
         self.groups, self.temperature = sec["groups"], sec["temperature"]
-        if self.groups < 1 or (c * h * w) % self.groups:
+        if self.groups < 1 or (c * h * w) % self.groups:  # make_softmax_layer asserts it, tree or not
             raise sec.error(f"groups={self.groups} does not divide the {c * h * w} inputs", "groups")
+        self.tree: Tree | None = None
+        if sec["tree"]:
+            self.tree = load_tree(sec)
+            check_tree_size(sec, self.tree, c * h * w, "inputs")
+            self.register_buffer("tree_group", self.tree.group_index(), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         t = self.temperature
+        if self.tree is not None:
+            return group_softmax(flat(x), 1, self.tree_group, self.tree.groups, t).view(x.shape)
         v = flat(x).view(x.shape[0], self.groups, -1)
         e = torch.exp(v / t - v.amax(dim=2, keepdim=True) / t)
         return (e / e.sum(dim=2, keepdim=True)).view(x.shape)

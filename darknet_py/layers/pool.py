@@ -78,9 +78,24 @@ class MaxPool(_Window):
     def forward(self, x: Tensor) -> Tensor:
         if self.depth:
             return _channel_max(x, self.out_shape[0])
-        # windows reaching outside the input take -FLT_MAX there, as darknet's running max
-        y = F.max_pool2d(self._padded(x, -FLT_MAX), self.size, self.stride)
+        h, w = int(x.shape[-2]), int(x.shape[-1])   # plain ints under tracing too
+        (top, bottom), (left, right) = self._reach(h, 0), self._reach(w, 1)
+        if top == bottom and left == right and 2 * top <= self.size and 2 * left <= self.size:
+            # the windows reach equally far out on both sides (none at all, e.g. 2x2/2 on an
+            # even size; or SPP's centred windows): torch's own padding, which every window
+            # overlaps the input through, gives darknet's max without a padded copy
+            y = F.max_pool2d(x, self.size, self.stride, (top, left))
+        else:
+            # windows reaching outside the input take -FLT_MAX there, as darknet's running max
+            y = F.max_pool2d(F.pad(x, (left, right, top, bottom), value=-FLT_MAX), self.size, self.stride)
         return self._post(y)
+
+    def _reach(self, n: int, axis: int) -> tuple[int, int]:
+        """How far darknet's windows reach outside an input of size ``n``: (before, after)."""
+        before = self.pads[2 - 2 * axis]
+        out = c_div(n + self.padding - self.size, self.stride[axis]) + 1
+        after = max(0, (out - 1) * self.stride[axis] - before + self.size - n)
+        return before, after
 
 
 def _channel_max(x: Tensor, out_c: int) -> Tensor:

@@ -50,6 +50,11 @@ _NORMALIZATIONS = {"none": "none", "relu": "relu", "avg_relu": "relu", "softmax"
 _NORM_EPS = 0.0001
 
 
+def _scaled(x: Tensor, factor: float) -> Tensor:
+    """``factor * x``; skipped for 1 (exact either way, one pass less)."""
+    return x if factor == 1.0 else factor * x
+
+
 class Shortcut(DarknetLayer):
     """Residual addition of the ``from`` layers to the previous output, then activation.
 
@@ -111,13 +116,13 @@ class Shortcut(DarknetLayer):
         c1, h1, w1 = add.shape[1:]
         c2, h2, w2 = out.shape[1:]
         if (c1, h1, w1) == (c2, h2, w2):
-            return self.alpha * out + self.beta * add
+            return _scaled(out, self.alpha) + _scaled(add, self.beta)
         stride, sample = max(w1 // w2, 1), max(w2 // w1, 1)
         mc, mh, mw = min(c1, c2), min(h1, h2), min(w1, w2)
         part = add[:, :mc, : mh * stride : stride, : mw * stride : stride]
         rows, cols = slice(0, mh * sample, sample), slice(0, mw * sample, sample)
         out = out.clone()
-        out[:, :mc, rows, cols] = self.alpha * out[:, :mc, rows, cols] + self.beta * part
+        out[:, :mc, rows, cols] = _scaled(out[:, :mc, rows, cols], self.alpha) + _scaled(part, self.beta)
         return out
 
     def _layer_weights(self) -> list[Tensor] | None:

@@ -14,6 +14,13 @@ logistic and AlexeyAB nothing).  Per image, in darknet's order:
    ``object_scale*(1 - obj)`` (``rescore``: ``iou - obj``), class deltas
    ``class_scale*((c == cls) - p)`` (overwritten by a later truth of the slot).
 
+With ``tree=`` (yolo9000) the classes go through the tree's group softmax
+and a truth's class delta follows its path (``delta_region_class``'s tree
+branch: every group on the path gets ``class_scale*(0 - p)``, the path nodes
+``class_scale*(1 - p)``); ``map=`` maps label classes to tree classes first.
+An image with a class-only truth (x and y > 100000) gets only that truth's
+class delta at its most probable prediction (see :func:`class_only_deltas`).
+
 AlexeyAB kept the older yolov2 code: its deltas for x, y and objectness carry
 the logistic derivative, the box scale has no ``2 - w*h`` factor, it reads up
 to ``max`` (default 200) truths and skips labels with a class >= ``classes``.
@@ -25,7 +32,7 @@ objectness deltas by the logistic derivative; :func:`region_loss` returns
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -34,9 +41,10 @@ from torch import Tensor
 
 from ..boxes import box_iou_cxcywh
 from ..errors import DataError, UnsupportedLayerError
+from ..tree import Tree, group_softmax, path_probability, tree_class_delta
 from .base import (delta_loss, DialectParams, f32, log_f, logistic_gradient, per_head, ratio,
                    split_head_input, stats_dict)
-from .targets import (best_truth_per_prediction, first_argmax_above_zero, order_in_slot,
+from .targets import (Truths, best_truth_per_prediction, first_argmax_above_zero, order_in_slot,
                       pad_by_image, select_truths, truth_cells)
 from .yolo import where_of
 
@@ -67,6 +75,10 @@ class RegionParams(DialectParams):
     object_scale: float
     noobject_scale: float
     class_scale: float
+    #: ``tree=``: the hierarchy (class deltas along the path, class-only truths)
+    tree: Tree | None = field(default=None, compare=False)
+    #: ``map=``: the tree class of each label class, ``Tensor[labels]`` long
+    class_map: Tensor | None = field(default=None, compare=False)
 
 
 @per_head
@@ -91,7 +103,10 @@ def region_params(head: Any) -> RegionParams:
                      classfix=int(o.get("classfix", 0)) if ab else 0,
                      focal_loss=bool(o.get("focal_loss", 0)) if ab else False,
                      coord_scale=f32(o["coord_scale"]), object_scale=f32(o["object_scale"]),
-                     noobject_scale=f32(o["noobject_scale"]), class_scale=f32(o["class_scale"]))
+                     noobject_scale=f32(o["noobject_scale"]), class_scale=f32(o["class_scale"]),
+                     tree=getattr(head, "tree", None),
+                     class_map=None if getattr(head, "class_map", None) is None
+                     else torch.as_tensor(head.class_map, dtype=torch.long))
     return p
 
 
@@ -101,7 +116,9 @@ def activate(p: RegionParams, v: Tensor) -> Tensor:
     out = v.clone()
     out[:, 0:2] = torch.sigmoid(v[:, 0:2])
     out[:, 4] = torch.sigmoid(v[:, 4])
-    if p.softmax:
+    if p.tree is not None:
+        out[:, 5:] = group_softmax(v[:, 5:], 1, p.tree.group_index(v.device), p.tree.groups, 1.0)
+    elif p.softmax:
         out[:, 5:] = torch.softmax(v[:, 5:], dim=1)
     elif not p.ab:
         out[:, 5:] = torch.sigmoid(v[:, 5:])
@@ -156,6 +173,83 @@ def class_op(p: RegionParams, D: Tensor, P: Tensor, c: Tensor, scale: float) -> 
     return torch.where((D[:, 0] != 0)[:, None], part, full)
 
 
+#: a truth with x and y above this is a class-only label (yolo9000's ImageNet images)
+CLASS_ONLY = 100000
+
+
+def split_class_only(p: RegionParams, tr: Truths, N: int) -> tuple[Truths, Tensor, Tensor]:
+    """With a tree, darknet first scans each image's truths for a class-only one
+    (x and y > 100000); the first such truth replaces the image's whole
+    detection loss.  Returns (the other images' truths, ``Tensor[B]`` those
+    images, ``Tensor[B]`` their class)."""
+    none = torch.zeros(0, dtype=torch.long, device=tr.img.device)
+    if p.tree is None or not tr.count:
+        return tr, none, none
+    only = (tr.box[:, 0] > CLASS_ONLY) & (tr.box[:, 1] > CLASS_ONLY)
+    if not bool(only.any()):
+        return tr, none, none
+    past = tr.per_image + 1
+    first = torch.full((N,), past, dtype=torch.long, device=tr.img.device)
+    first = first.scatter_reduce(0, tr.img[only], tr.rank[only], "amin", include_self=True)
+    pick = only & (tr.rank == first[tr.img])
+    img, cls = tr.img[pick], tr.cls[pick]
+    bad = (cls < 0) | (cls >= p.classes)
+    if bool(bad.any()):
+        k = int(torch.nonzero(bad)[0, 0])
+        raise DataError(f"{p.where}: class-only truth of image {int(img[k])} has class {int(cls[k])}, "
+                        f"outside 0..{p.classes - 1}")
+    return tr.subset(first[tr.img] == past), img, cls
+
+
+def label_classes(p: RegionParams, tr: Truths) -> Tensor:
+    """The class each truth's delta uses: its label, or ``map[label]`` with ``map=``
+    (``Tensor[M]`` long); a label outside the classes (or the map) is a DataError
+    (AlexeyAB has already dropped labels >= classes)."""
+    cls = tr.cls
+    limit = p.classes if p.class_map is None else int(p.class_map.numel())
+    if p.ab and p.class_map is None:
+        return cls
+    bad = (cls < 0) | (cls >= limit)
+    if bool(bad.any()):
+        k = int(torch.nonzero(bad)[0, 0])
+        of = "" if p.class_map is None else f" (map= has {limit} entries)"
+        raise DataError(f"{p.where}: truth of image {int(tr.img[k])} has class {int(cls[k])}, "
+                        f"outside 0..{limit - 1}{of}")
+    return cls if p.class_map is None else p.class_map.to(cls.device)[cls]
+
+
+def class_only_deltas(p: RegionParams, out: Tensor, D: Tensor, img: Tensor, cls: Tensor,
+                      per_image: int) -> tuple[float, int]:
+    """The class-only branch on images ``img`` (``Tensor[B]``), in place on ``D``
+    (``[S, K]``): the prediction with the largest ``objectness * path probability``
+    of the class (the first in darknet's scan order: anchor-major for pjreddie,
+    location-major for AlexeyAB; the first of all when none is > 0) gets the tree
+    class delta.  pjreddie also gives every prediction of the image the
+    no-object delta and zeroes the chosen one's objectness delta.  Returns
+    (sum of the path probabilities, B) for the stats."""
+    B = int(img.numel())
+    if B == 0:
+        return 0.0, 0
+    dev = out.device
+    slots = img[:, None] * per_image + torch.arange(per_image, device=dev)[None, :]  # [B, A*HW]
+    if p.ab:
+        slots = slots.view(B, p.n, -1).transpose(1, 2).reshape(B, per_image)
+    flat = slots.reshape(-1)
+    path = torch.as_tensor(p.tree.path, device=dev)
+    prob = out[flat, 4] * path_probability(out[flat, 5:], cls.repeat_interleave(per_image), path)
+    vals = prob.view(B, per_image)
+    vals = torch.where(vals > 0, vals, torch.zeros_like(vals))  # "if(p > maxp)" from maxp = 0
+    best = torch.where(vals.amax(1) > 0, vals.argmax(1), torch.zeros_like(img))
+    chosen = slots[torch.arange(B, device=dev), best]
+    if not p.ab:
+        D[flat, 4] = p.noobject_scale * (0 - out[flat, 4])
+    rows, pred = tree_class_delta(D[chosen, 5:], out[chosen, 5:], cls, p.class_scale, p.tree)
+    D[chosen, 5:] = rows
+    if not p.ab:
+        D[chosen, 4] = 0
+    return float(pred.sum()), B
+
+
 def region_delta(head: Any, x: Tensor, targets: Tensor, input_hw: tuple[int, int],
                  params: RegionParams | None = None) -> tuple[Tensor, Tensor, dict[str, Any]]:
     """darknet's ``l.delta`` of a [region] head: ``(delta [N, C, H, W], cost, stats)``."""
@@ -173,13 +267,13 @@ def region_delta(head: Any, x: Tensor, targets: Tensor, input_hw: tuple[int, int
     seen = int(getattr(head, "seen", 0))
 
     tr = select_truths(targets, N, p.max_boxes, p.where, dev)
-    if tr.count:
-        if p.ab:
-            tr = tr.subset(tr.cls < C)  # AlexeyAB: "continue" on class >= classes
-        elif bool(((tr.cls < 0) | (tr.cls >= C)).any()):
-            k = int(torch.nonzero((tr.cls < 0) | (tr.cls >= C))[0, 0])
-            raise DataError(f"{p.where}: truth of image {int(tr.img[k])} has class {int(tr.cls[k])}, "
-                            f"outside 0..{C - 1}")
+    tr, only_img, only_cls = split_class_only(p, tr, N)
+    if tr.count and p.ab:
+        tr = tr.subset(tr.cls < C)  # AlexeyAB: "continue" on class >= classes
+    truth_cls = label_classes(p, tr)
+    normal = torch.ones(N, dtype=torch.bool, device=dev)
+    normal[only_img] = False
+    normal = normal[sl // (A * HW)]  # [S]: slots whose image has no class-only truth
 
     D = torch.zeros(S, K, device=dev)
     obj = out[:, 4]
@@ -195,6 +289,7 @@ def region_delta(head: Any, x: Tensor, targets: Tensor, input_hw: tuple[int, int
             d_obj = ns * ((best_iou - obj) * g)
         else:
             d_obj = torch.where(best_iou > p.thresh, torch.zeros_like(d_obj), d_obj)
+        d_obj = torch.where(normal, d_obj, torch.zeros_like(d_obj))
     else:
         d_obj = torch.where(best_iou > p.thresh, torch.zeros_like(obj), ns * (0 - obj))
     D[:, 4] = d_obj
@@ -204,15 +299,23 @@ def region_delta(head: Any, x: Tensor, targets: Tensor, input_hw: tuple[int, int
         if fixed.numel():
             t = tidx.view(-1)[(fixed // (A * HW)) * tidx.shape[1] + best_pos[fixed]]
             sc = p.class_scale * (out[fixed, 4] if p.classfix == 2 else 1.0)
-            onehot = F.one_hot(tr.cls[t], C).to(D.dtype)
-            D[fixed, 5:] = torch.as_tensor(sc, device=dev).reshape(-1, 1) * (onehot - out[fixed, 5:])
+            sc = torch.as_tensor(sc, device=dev).reshape(-1, 1)
+            if p.tree is not None:  # the label's class, not mapped (as darknet)
+                D[fixed, 5:] = tree_class_delta(D[fixed, 5:], out[fixed, 5:], tr.cls[t], sc, p.tree)[0]
+            else:
+                onehot = F.one_hot(tr.cls[t], C).to(D.dtype)
+                D[fixed, 5:] = sc * (onehot - out[fixed, 5:])
             class_count += int(fixed.numel())
     if seen < PRIOR_SEEN:  # pull every box towards its anchor prior
         prior = torch.stack([((s_i.double() + 0.5) / W).float(), ((s_j.double() + 0.5) / H).float(),
                              anchors[s_a, 0] / W, anchors[s_a, 1] / H], 1)
-        D[:, :4], _ = box_delta(p, out, s_i, s_j, anchors[s_a], prior, W, H, f32(0.01))
+        d_prior, _ = box_delta(p, out, s_i, s_j, anchors[s_a], prior, W, H, f32(0.01))
+        D[:, :4] = torch.where(normal[:, None], d_prior, torch.zeros_like(d_prior))
 
     st = dict(iou=0.0, cat=0.0, obj=0.0, r50=0, count=0)
+    only_cat, only_count = class_only_deltas(p, out, D, only_img, only_cls, A * HW)
+    st["cat"] += only_cat
+    class_count += only_count
     if tr.count:
         ci, cj = truth_cells(tr.box, W, H)
         base = (tr.img * A) * HW + cj * W + ci                               # slot of anchor 0
@@ -238,7 +341,7 @@ def region_delta(head: Any, x: Tensor, targets: Tensor, input_hw: tuple[int, int
         os_ = p.object_scale
         for r in range(waves):
             sel = torch.nonzero(rank == r).flatten()
-            s, n, c = slot[sel], bn[sel], tr.cls[sel]
+            s, n, c = slot[sel], bn[sel], truth_cls[sel]
             truth = tr.box[sel]
             o = out[s]
             rows = D[s]
@@ -248,15 +351,18 @@ def region_delta(head: Any, x: Tensor, targets: Tensor, input_hw: tuple[int, int
             o4 = o[:, 4]
             target = iou if p.rescore else torch.ones_like(o4)
             rows[:, 4] = os_ * (target - o4) * logistic_gradient(o4) if p.ab else os_ * (target - o4)
-            if p.ab or p.softmax:
-                assigned = torch.zeros_like(o4, dtype=torch.bool)
+            if p.tree is not None:
+                rows[:, 5:], pc = tree_class_delta(rows[:, 5:], o[:, 5:], c, p.class_scale, p.tree)
             else:
-                assigned = rows[:, 5] != 0
-            rows[:, 5:] = class_op(p, rows[:, 5:], o[:, 5:], c, p.class_scale)
+                assigned = rows[:, 5] != 0  # pjreddie's "tag" rule (logistic classes)
+                if p.ab or p.softmax:
+                    assigned = torch.zeros_like(assigned)
+                rows[:, 5:] = class_op(p, rows[:, 5:], o[:, 5:], c, p.class_scale)
+                pc = o[torch.arange(c.numel(), device=dev), 5 + c]
+                pc = torch.where(assigned, torch.zeros_like(pc), pc)
             D[s] = rows
-            pc = o[torch.arange(c.numel(), device=dev), 5 + c]
             st["iou"] += float(iou.sum())
-            st["cat"] += float(torch.where(assigned, torch.zeros_like(pc), pc).sum())
+            st["cat"] += float(pc.sum())
             st["obj"] += float(o4.sum())
             st["r50"] += int((iou > 0.5).sum())
             st["count"] += int(sel.numel())
