@@ -277,6 +277,31 @@ def test_cli_globs_and_stdout_json(conformance, manifest, capsys):
     assert cli_detect.expand_images([str(folder / "*.nothing")]) == [str(folder / "*.nothing")]
 
 
+def test_cli_alexeyab_prints_its_own_lines(conformance, manifest, capsys):
+    """An AlexeyAB cfg prints AlexeyAB's header (milli-seconds) and its order
+    (draw_detections_v3: by left edge, best class first), the JSON in the same order."""
+    case = manifest["cases"]["ab_yolov4-tiny_narrow8"]
+    photo = conformance / "real_yolov3-tiny" / "astronaut.png"
+    argv = ["detect", str(conformance / case["cfg"]), str(conformance / case["weights"]),
+            str(photo), "--thresh", "0.1"]
+    assert cli_main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"{photo}: Predicted in ") and lines[0].endswith(" milli-seconds.")
+    model = Darknet(conformance / case["cfg"])
+    model.load_weights(conformance / case["weights"])
+    det = Detector(model, thresh=0.1)
+    res = det([str(photo)])[0]
+    assert len(res.detections) > 1 and lines[1:] == [f"{d.name}: {d.prob * 100:.0f}%" for d in res.detections]
+    # firsts of each box (its best class) come in order of the box's left edge
+    seen, lefts = set(), []
+    for d in res.detections:
+        if d.box not in seen:
+            seen.add(d.box)
+            lefts.append(d.box[0])
+            assert d.prob == max(e.prob for e in res.detections if e.box == d.box)
+    assert lefts == sorted(lefts)
+
+
 def test_cli_bad_cfg_is_one_line_error(tmp_path, capsys):
     cfg = tmp_path / "bad.cfg"
     cfg.write_text("[net]\nwidth=32\nheight=32\nchannels=3\n[bogus]\n")
