@@ -344,11 +344,15 @@ class BoxDecoder(nn.Module):
         if not heads:
             raise ConvertError(f"{model.cfg.file}: the network has no detection head to decode")
         for h in heads:
+            s = h.section
             if h.type not in DECODERS:
-                s = h.section
                 raise ConvertError(f"{s.file}:{s.line}: layer {h.index} [{s.name}]: decoded-box export "
                                    f"supports {', '.join('[%s]' % t for t in DECODERS)} heads, not "
                                    f"[{h.type}]; export the raw head outputs instead")
+            if getattr(h, "tree", None) is not None:
+                raise ConvertError(f"{s.file}:{s.line}: layer {h.index} [{s.name}]: decoded-box export "
+                                   f"does not do the tree= (hierarchical) class decode; export the raw "
+                                   f"head outputs instead")
         classes = {h.classes for h in heads}
         if len(classes) > 1:
             raise ConvertError(f"{model.cfg.file}: heads with different class counts {sorted(classes)} "
