@@ -1,0 +1,2 @@
+"""Recurrent sections on fully connected layers: [rnn], [gru], [lstm]."""
+from __future__ import annotations
