@@ -6,8 +6,9 @@ of every layer, in layer order.  Which tensors a layer stores, and in which
 order, is each layer's ``darknet_tensors()``; :func:`file_entries` adds the
 per-file rules of darknet's ``load_weights_upto`` / ``save_weights_upto``
 (``dontload``, ``dontsave``, ``dontloadscales``, ``numload``, ``flipped``,
-shared AlexeyAB convolutions, ``[connected]`` matrices stored transposed when
-major or minor > 1000).  Reader and writer both walk the same
+shared AlexeyAB convolutions, ``[connected]`` matrices -- also those of the
+[connected] sub-layers of [rnn]/[gru]/[lstm] -- stored transposed when major or
+minor > 1000).  Reader and writer both walk the same
 :func:`layout`.
 
 Loading checks the file size against the layout *before* touching the model,
@@ -201,12 +202,17 @@ NOT_STORED: dict[tuple[str, str], str] = {
 }
 #: types whose BN tensors ``dontloadscales=1`` keeps out of the file on load
 DONTLOADSCALES_TYPES = frozenset({"convolutional", "deconvolutional", "connected"})
+#: types made of [connected] sub-layers (tensors named ``<sub-layer>.<tensor>``), each read with
+#: ``load_connected_weights`` -- transposed matrices included -- and never ``dontloadscales``
+CONNECTED_SUBLAYER_TYPES = frozenset({"rnn", "gru", "lstm"})
 #: types whose leading filters ``numload=K`` reads (pjreddie only)
 NUMLOAD_TYPES = frozenset({"convolutional", "deconvolutional"})
 
 
 def _matrix(layer, name: str, t: Tensor, transposed: bool, for_load: bool) -> tuple[int, int] | None:
     """(rows, cols) when the file holds the transpose of ``t``'s matrix layout."""
+    if transposed and layer.type in CONNECTED_SUBLAYER_TYPES and name.endswith(".weights"):
+        return (t.shape[1], t.shape[0])                      # load_connected_weights of a sub-layer
     if name != "weights":
         return None
     if layer.type == "connected" and transposed:

@@ -820,3 +820,24 @@ def test_bad_sizes_name_the_line():
         build("[maxpool]\nsize=0\n", 1, 4, 4, "pjreddie")
     with pytest.raises(DarknetError, match="reorg"):
         build("[reorg3d]\nstride=2\nreverse=1\n", 4, 2, 2, "alexeyab")
+
+
+@pytest.mark.parametrize("dialect,a,b", [("pjreddie", 0.99, 0.01), ("alexeyab", 0.95, 0.05)])
+def test_connected_rolling_update_in_training(dialect, a, b):
+    """[connected] with batch_normalize in training: pjreddie's forward_batchnorm_layer
+    (.99/.01), AlexeyAB's own forward_connected_layer (.95/.05, not its conv's .9/.1)."""
+    m = build("[connected]\noutput=3\nbatch_normalize=1\nactivation=linear\n", 2, 1, 2, dialect)
+    layer = m.module_list[0]
+    w = rand(3, 4)
+    with torch.no_grad():
+        layer.weights.copy_(torch.from_numpy(w))
+        layer.rolling_mean.fill_(0.5)
+        layer.rolling_variance.fill_(2.0)
+    x = rand(5, 2, 1, 2)
+    layer.train()
+    with torch.no_grad():
+        layer(torch.from_numpy(x))
+    y = x.reshape(5, 4) @ w.T
+    mean, var = y.mean(0), y.var(0, ddof=1)
+    np.testing.assert_allclose(layer.rolling_mean.numpy(), F32(a) * F32(0.5) + F32(b) * mean, rtol=1e-5)
+    np.testing.assert_allclose(layer.rolling_variance.numpy(), F32(a) * F32(2.0) + F32(b) * var, rtol=1e-5)

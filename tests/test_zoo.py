@@ -25,7 +25,7 @@ from torch.overrides import TorchFunctionMode
 
 from darknet_py import Darknet, parse_cfg, write_cfg
 from darknet_py.cfg import UnusedOptionWarning
-from darknet_py.errors import CfgError, DarknetError, UnsupportedLayerError
+from darknet_py.errors import CfgError, DarknetError
 from darknet_py.options import LAYER_COMMON
 
 from tests.conftest import CONFORMANCE
@@ -34,20 +34,8 @@ ZOO = CONFORMANCE / "zoo"
 ZOO_CFGS = sorted(ZOO.glob("*/*.cfg"))
 ZOO_IDS = [f"{p.parent.name}/{p.name}" for p in ZOO_CFGS]
 
-_RECURRENT = (UnsupportedLayerError, r"\[(rnn|gru|lstm|crnn)\]: recurrent sections are not supported",
-              "recurrent section")
-
 #: cfgs that cannot be built: (error class, message regex, reason)
 CLEAR_ERRORS: dict[str, tuple[type[DarknetError], str, str]] = {
-    "alexeyab/crnn.train.cfg": _RECURRENT,
-    "alexeyab/gru.cfg": _RECURRENT,
-    "alexeyab/lstm.train.cfg": _RECURRENT,
-    "alexeyab/rnn.cfg": _RECURRENT,
-    "alexeyab/rnn.train.cfg": _RECURRENT,
-    "alexeyab/yolov3-tiny_occlusion_track.cfg": _RECURRENT,
-    "pjreddie/gru.cfg": _RECURRENT,
-    "pjreddie/rnn.cfg": _RECURRENT,
-    "pjreddie/rnn.train.cfg": _RECURRENT,
     # the tree file (data/9k.tree, relative to where darknet runs) is not in the zoo
     "alexeyab/yolo9000.cfg": (CfgError, r"\[region\]: tree=data/9k\.tree: file not found",
                               "missing tree file (tree=)"),
@@ -179,10 +167,12 @@ def _run(model: Darknet, seed: int) -> dict[int, torch.Tensor] | None:
     """Every layer's output on a random image (random weights), or None when a layer's
     output does not have the shape the model announced."""
     _randomize(model)
-    x = torch.rand(1, *model.input_shape, generator=torch.Generator().manual_seed(seed))
+    # recurrent layers read the batch as [net] time_steps steps: one sequence of that length
+    n = max((getattr(layer, "steps", 1) for layer in model.module_list), default=1)
+    x = torch.rand(n, *model.input_shape, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
         outs = model.forward_all(x, keep=range(len(model.module_list)))
-    if any(tuple(outs[i].shape) != (1, *model.shapes[i]) for i in range(len(model.module_list))):
+    if any(tuple(outs[i].shape) != (n, *model.shapes[i]) for i in range(len(model.module_list))):
         return None
     return outs
 

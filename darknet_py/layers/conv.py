@@ -37,7 +37,7 @@ from ..builder import BuildContext, register
 from ..cfg import Section
 from ..errors import UnsupportedLayerError
 from .base import DarknetLayer, flat
-from .norm import batchnorm
+from .norm import CONNECTED_ROLLING, batchnorm
 
 
 def c_div(a: int, b: int) -> int:
@@ -342,6 +342,7 @@ class Connected(_BNMixin, DarknetLayer):
         self.inputs, self.outputs = inputs, outputs
         self.weights = nn.Parameter(torch.zeros(outputs, inputs))
         self._init_bn(outputs, sec["batch_normalize"])
+        self.rolling_factors = CONNECTED_ROLLING[ctx.dialect]
         self.activation = activation_for(sec, ctx)
 
     def darknet_tensors(self):

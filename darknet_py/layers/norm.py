@@ -22,6 +22,9 @@ BN_EPS = {"pjreddie": 1e-6, "alexeyab": 1e-5}
 BN_MOMENTUM = {"pjreddie": 0.01, "alexeyab": 0.1}
 #: darknet's literal factors of the rolling update: (on the rolling value, on the batch statistic)
 ROLLING = {"pjreddie": (0.99, 0.01), "alexeyab": (0.9, 0.1)}
+#: the same for a [connected] layer: pjreddie's forward_batchnorm_layer, AlexeyAB's own
+#: forward_connected_layer (.95/.05)
+CONNECTED_ROLLING = {"pjreddie": (0.99, 0.01), "alexeyab": (0.95, 0.05)}
 
 
 def _channel_shape(x: Tensor) -> tuple[list[int], tuple[int, ...]]:
@@ -59,8 +62,9 @@ def _train_normalize(x: Tensor, scales: Tensor, dialect: str) -> tuple[Tensor, T
 
 @torch.no_grad()
 def update_rolling(layer, mean: Tensor, var: Tensor) -> None:
-    """``rolling = a*rolling + b*batch_stat`` as darknet's scal_cpu + axpy_cpu (float32)."""
-    a, b = ROLLING[layer.dialect]
+    """``rolling = a*rolling + b*batch_stat`` as darknet's scal_cpu + axpy_cpu (float32);
+    ``(a, b)``: the layer's ``rolling_factors`` if it has them, else :data:`ROLLING`."""
+    a, b = getattr(layer, "rolling_factors", None) or ROLLING[layer.dialect]
     layer.rolling_mean.mul_(a).add_(mean * b)
     layer.rolling_variance.mul_(a).add_(var * b)
 

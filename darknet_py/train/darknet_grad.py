@@ -63,6 +63,7 @@ import torch
 from torch import Tensor
 from torch.utils.hooks import RemovableHandle
 
+from ..errors import UnsupportedLayerError
 from ..layers.norm import batch_stats, std_of
 
 MODES = ("exact", "autograd")
@@ -235,6 +236,19 @@ def _detach_inputs(positions: tuple[int, ...]):
     return hook
 
 
+def _refuse_unsupported(model) -> None:
+    """Layers with ``exact_backward = False`` (the recurrent ones) have a backward of
+    their own in darknet that is not reproduced here: exact mode would silently train
+    them with autograd, so it refuses them."""
+    for layer in model.module_list:
+        if not getattr(layer, "exact_backward", True):
+            sec = layer.section
+            raise UnsupportedLayerError(
+                f"layer {layer.index} [{sec.name or sec.type}]: the exact darknet backward "
+                f"(mode='exact') does not support this layer; train with mode='autograd'",
+                sec.file, sec.line)
+
+
 class DarknetBackward:
     """Darknet's backward plugged into a model (see :func:`install`).
 
@@ -247,6 +261,8 @@ class DarknetBackward:
     def __init__(self, model, mode: str):
         if mode not in MODES:
             raise ValueError(f"unknown backward mode {mode!r}; expected one of {MODES}")
+        if mode == "exact":
+            _refuse_unsupported(model)
         self.mode = mode
         self.stale: dict[int, Tensor] = {}
         self.handles: list[RemovableHandle] = []
@@ -292,5 +308,7 @@ def install(model, mode: str = "exact") -> DarknetBackward:
     """Plug darknet's backward into ``model``: each batch-normalised layer's
     ``bn_function`` (exact mode: :func:`darknet_bn`; autograd mode: none) and, in
     exact mode, the gradient darknet loses (:func:`dropped_edges`) and the deltas
-    it never clears (:func:`stale_layers`)."""
+    it never clears (:func:`stale_layers`).  Exact mode raises
+    :class:`~darknet_py.errors.UnsupportedLayerError` for a model with a layer whose
+    darknet backward is not reproduced (``exact_backward = False``: [rnn], [gru], [lstm])."""
     return DarknetBackward(model, mode)
