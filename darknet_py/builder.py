@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 from .cfg import Section
-from .errors import CfgError, UnsupportedLayerError
+from .errors import CfgError
 
 if TYPE_CHECKING:
     from .layers.base import DarknetLayer
@@ -45,12 +45,6 @@ class BuildContext:
 Builder = Callable[[Section, BuildContext], "DarknetLayer"]
 BUILDERS: dict[str, Builder] = {}
 
-UNSUPPORTED = {
-    "rnn": "recurrent", "gru": "recurrent", "lstm": "recurrent", "crnn": "recurrent",
-    "conv_lstm": "recurrent", "history": "recurrent", "xnor": "binary",
-}
-
-
 def register(*types: str) -> Callable[[Builder], Builder]:
     """Register a builder for section ``types``; a duplicate registration is a bug."""
     def deco(fn: Builder) -> Builder:
@@ -65,9 +59,5 @@ def register(*types: str) -> Callable[[Builder], Builder]:
 def build_layer(sec: Section, ctx: BuildContext) -> "DarknetLayer":
     builder = BUILDERS.get(sec.type)
     if builder is None:
-        if sec.type in UNSUPPORTED:
-            raise UnsupportedLayerError(
-                f"layer {ctx.index} [{sec.name or sec.type}]: {UNSUPPORTED[sec.type]} sections "
-                f"are not supported by darknet_py", sec.file, sec.line)
         raise CfgError(f"layer {ctx.index}: no builder for [{sec.type}]", sec.file, sec.line)
     return builder(sec, ctx)

@@ -26,7 +26,7 @@ class CfgError(DarknetError):
 
 
 class UnsupportedLayerError(CfgError):
-    """A section darknet knows but darknet_py cannot build (e.g. recurrent layers)."""
+    """A section or option darknet knows but darknet_py cannot build (e.g. [conv_lstm] bottleneck=1)."""
 
 
 class WeightsError(DarknetError):

@@ -555,7 +555,7 @@ SCHEMA: dict[str, dict[str, Opt]] = {
         "max_delta": Opt("float", FLT_MAX),
         "contrastive_neg_max": Opt("int", 3),
     },
-    # Recurrent sections: parsed (so their cfgs round-trip) but not built.
+    # Recurrent sections (darknet_py/layers/recurrent.py, conv_recurrent.py).
     "rnn": {
         "output": Opt("int", 1),
         "hidden": _ab("int", 1),

@@ -593,13 +593,6 @@ def test_region_whose_num_and_classes_do_not_match_the_conv():
                  r"input channels, but layer 0 \[convolutional\] at t\.cfg:5 gives 20", 10)
 
 
-@pytest.mark.parametrize("section", ["rnn", "gru", "lstm", "crnn"])
-def test_recurrent_section_is_unsupported(section):
-    text = NET + CONV.format(4) + f"\n[{section}]\noutput=4\n"
-    raises_build(text, UnsupportedLayerError, rf"layer 1 \[{section}\]: recurrent sections are "
-                 rf"not supported", 10)
-
-
 # ------------------------------------------------------------------ records and writing
 
 def test_section_record():
