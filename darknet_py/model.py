@@ -137,6 +137,13 @@ class Darknet(nn.Module):
         return total, stats
 
     # ------------------------------------------------------------- weights
+    def reset_state(self) -> None:
+        """Forget the state recurrent layers carry from one call to the next."""
+        for layer in self.module_list:
+            reset = getattr(layer, "reset_state", None)
+            if reset is not None:
+                reset()
+
     def load_weights(self, path: str | os.PathLike, cutoff: int | None = None,
                      allow_trailing: bool = False, allow_partial: bool = True) -> LoadReport:
         report = load_weights(self, path, cutoff, allow_trailing, allow_partial)

@@ -495,3 +495,17 @@ def test_zoo_cfg_builds_runs_and_round_trips(tmp_path, name):
 def test_layer_classes_are_registered():
     from darknet_py.builder import BUILDERS
     assert BUILDERS["rnn"] is RNN and BUILDERS["gru"] is GRU and BUILDERS["lstm"] is LSTM
+
+
+def test_model_reset_state_reaches_every_recurrent_layer():
+    from darknet_py import Darknet, parse_cfg
+    text = ("[net]\nbatch=2\ninputs=3\ntime_steps=1\n\n[rnn]\noutput=4\nhidden=4\nactivation=leaky\n\n"
+            "[rnn]\noutput=2\nhidden=2\nactivation=leaky\n")
+    m = Darknet(parse_cfg(text, dialect="pjreddie")).eval()
+    x = torch.rand(2, 3, 1, 1)
+    with torch.no_grad():
+        first = m(x)[-1]
+        second = m(x)[-1]         # the state carried over: another result
+        m.reset_state()
+        again = m(x)[-1]          # from zeros again: the first result
+    assert not torch.equal(first, second) and torch.equal(first, again)
