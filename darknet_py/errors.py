@@ -37,6 +37,11 @@ class WeightsError(DarknetError):
         super().__init__(f"{file or '<weights>'}: {message}")
 
 
+class InputError(DarknetError, ValueError):
+    """A tensor given to a layer that it cannot take (e.g. a batch that is not a
+    whole number of sequences of a recurrent layer's time_steps)."""
+
+
 class ConvertError(DarknetError):
     """A conversion that cannot be done exactly (format mismatch, unsupported ONNX op...)."""
 

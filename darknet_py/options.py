@@ -599,7 +599,8 @@ SCHEMA: dict[str, dict[str, Opt]] = {
         "xnor": Opt("int", 0),
         "peephole": Opt("int", 0),
         "bottleneck": Opt("int", 0),
-        "state_constrain": Opt("int", Derived(lambda o, n: n.get("time_steps", 1) * 32,
+        # conv_lstm is AlexeyAB's, whose parser has raised time_steps < 1 to 1 by then
+        "state_constrain": Opt("int", Derived(lambda o, n: max(1, n.get("time_steps", 1)) * 32,
                                               "time_steps*32")),
         "shortcut": Opt("int", 0),
         "lstm_activation": Opt("activation", "tanh"),

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from darknet_py import Darknet, parse_cfg
-from darknet_py.errors import CfgError, UnsupportedLayerError
+from darknet_py.errors import CfgError, InputError, UnsupportedLayerError
 from darknet_py.layers.conv_recurrent import CRNN, ConvLSTM, History, constrain, fix_nan_and_inf
 from darknet_py.weights import layout
 
@@ -264,7 +264,8 @@ def test_crnn_state_reset_and_batch_change():
 
 def test_crnn_batch_must_be_a_multiple_of_time_steps():
     m = build(crnn_body("alexeyab", "leaky", 0, 0, "pad=1"), 3, 4, 4, "alexeyab", 3)
-    with pytest.raises(ValueError, match=r"batch \(4\) must be a multiple of \[net\] time_steps=3"):
+    with pytest.raises(InputError, match=r"batch \(4\) must be a multiple of 3 \(darknet reads a batch "
+                                         r"as \[net\] time_steps=3 steps"):
         m(torch.zeros(4, 3, 4, 4))
 
 
@@ -674,12 +675,11 @@ def test_bad_options_are_one_clear_error(dialect, body, cls, pattern, line, tmp_
 
 
 @pytest.mark.parametrize("section", ["[crnn]\npad=1\n", "[conv_lstm]\npad=1\n", "[history]\n"])
-def test_time_steps_must_be_positive(section, tmp_path):
-    path = tmp_path / "bad.cfg"
+def test_time_steps_below_one_is_one_for_alexeyab(section, tmp_path):
+    """parse_network_cfg_custom: ``if (net.time_steps < 1) net.time_steps = 1;``"""
+    path = tmp_path / "t.cfg"
     path.write_text(_net(0) + section)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         cfg = parse_cfg(path, dialect="alexeyab")
-    with pytest.raises(CfgError, match=r"time_steps=0: expected an integer >= 1") as info:
-        Darknet(cfg)
-    assert info.value.line == 3
+    assert Darknet(cfg).module_list[0].steps == 1

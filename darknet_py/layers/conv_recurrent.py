@@ -3,7 +3,9 @@
 Time in darknet's batch
 -----------------------
 These layers read the network batch ``N`` as ``steps = time_steps`` (from
-``[net]``, default 1) consecutive time steps of ``B = N / steps`` sequences:
+``[net]``, default 1; AlexeyAB raises a value < 1 to 1, see
+:func:`~darknet_py.layers.sequence.time_steps`) consecutive time steps of
+``B = N / steps`` sequences:
 samples ``[t*B, (t+1)*B)`` are time step ``t`` (``make_*_layer`` divides the
 batch by ``steps``; ``parse_net_options`` multiplies the mini-batch by
 ``time_steps``, so darknet's batch always divides).  The forward loops over the
@@ -15,8 +17,10 @@ State between calls
 -------------------
 Darknet keeps the recurrent state in the layer between forward calls.  Here it
 is a non-persistent buffer (not in ``state_dict``), ``None`` meaning zeros;
-:meth:`reset_state` clears it, and so does a change of ``B`` or of the map size
-(darknet would reallocate).  What each CPU forward does with it:
+:meth:`reset_state` clears it, and a change of ``B`` or of the map size restarts
+it from zeros (darknet would reallocate).  The step split and the carried state
+are :class:`~darknet_py.layers.sequence.SequenceLayer`'s, shared with
+``recurrent.py``.  What each CPU forward does with it:
 
 * ``[crnn]`` (both darknets): in eval the state carries over from call to call.
   In training ``forward_crnn_layer`` zeroes ``l.state`` first and writes step
@@ -52,29 +56,13 @@ from ..activations import get_activation
 from ..builder import BuildContext, register
 from ..cfg import Section
 from ..init import INITIALISERS
-from .base import DarknetLayer
 from .conv import Convolutional, activation_for, c_div, unsupported
+from .sequence import SequenceLayer, positive
 
 __all__ = ["CRNN", "ConvLSTM", "History", "fix_nan_and_inf", "constrain"]
 
 
 # ----------------------------------------------------------------- shared helpers
-
-def time_steps(ctx: BuildContext) -> int:
-    """``[net] time_steps``, which darknet divides the batch by."""
-    steps = ctx.net["time_steps"]
-    if steps < 1:
-        raise ctx.net.error(f"time_steps={steps}: expected an integer >= 1 (darknet divides the "
-                            f"batch by it)", "time_steps")
-    return steps
-
-
-def _positive(sec: Section, **values: int) -> None:
-    """Each ``key=value`` must be >= 1."""
-    for key, value in values.items():
-        if value < 1:
-            raise sec.error(f"{key}={value}: expected an integer >= 1", key)
-
 
 @dataclass(frozen=True)
 class Geometry:
@@ -97,8 +85,7 @@ _GEOMETRY_KEYS = ("size", "stride", "dilation", "pad", "padding", "groups")
 
 def ab_geometry(sec: Section, ctx: BuildContext) -> Geometry:
     """The convolution options AlexeyAB's ``parse_crnn`` / ``parse_conv_lstm`` read."""
-    size, stride, dilation = sec["size"], sec["stride"], sec["dilation"]
-    _positive(sec, size=size, stride=stride, dilation=dilation)
+    size, stride, dilation = (positive(sec, key) for key in ("size", "stride", "dilation"))
     padding = size // 2 if sec["pad"] else sec["padding"]
     if padding < 0:
         raise sec.error(f"padding={padding}: expected an integer >= 0", "padding")
@@ -173,51 +160,9 @@ def constrain(x: Tensor, alpha: float) -> Tensor:
     return torch.fmin(a, torch.fmax(-a, x))
 
 
-class _Recurrent(DarknetLayer):
-    """A layer whose batch is ``steps`` time steps and which carries state between calls."""
-
-    _state_names: tuple[str, ...] = ()
-    #: darknet's own backward of these layers is not what autograd computes (see the module
-    #: docstring; [history] passes back only the current input's block): the exact trainer
-    #: must refuse them
-    exact_backward = False
-
-    def __init__(self, sec: Section, ctx: BuildContext, out_shape, steps: int):
-        super().__init__(sec, ctx, out_shape)
-        self.steps = steps
-        for name in self._state_names:
-            self.register_buffer(name, None, persistent=False)
-
-    def reset_state(self) -> None:
-        """Forget the carried state: the next call starts from zeros."""
-        for name in self._state_names:
-            setattr(self, name, None)
-
-    def _sequence(self, x: Tensor, shape: tuple[int, int, int]) -> Tensor:
-        """``Tensor[N, ...] -> Tensor[steps, N/steps, *shape]`` (a view of the same memory)."""
-        n = x.shape[0]
-        if n % self.steps:
-            raise ValueError(f"layer {self.index} [{self.section.name or self.type}]: the batch "
-                             f"({n}) must be a multiple of [net] time_steps={self.steps} "
-                             f"(darknet reads it as time_steps steps of batch/time_steps "
-                             f"sequences)")
-        return x.reshape(self.steps, n // self.steps, *shape)
-
-    def _carried(self, name: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
-        """The stored state ``name`` of ``shape``; zeros when there is none or its shape
-        changed (another batch size or map size)."""
-        stored = getattr(self, name)
-        if stored is None or tuple(stored.shape) != tuple(shape):
-            return like.new_zeros(shape)
-        return stored.to(dtype=like.dtype, device=like.device)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, time_steps={self.steps}"
-
-
 # ----------------------------------------------------------------- [crnn]
 
-class CRNN(_Recurrent):
+class CRNN(SequenceLayer):
     """``[crnn]``: a recurrent layer whose three transforms are convolutions.
 
     ``Tensor[N, c, h, w] -> Tensor[N, output, h, w]``, ``N = steps*B``.  Per step::
@@ -237,26 +182,25 @@ class CRNN(_Recurrent):
     """
 
     type = "crnn"
-    _state_names = ("state",)
+    STATES = ("state",)
+    # training: forward_crnn_layer zeroes slot 0 of l.state and writes later slots
+    reset_in_training = True
 
     def __init__(self, sec: Section, ctx: BuildContext):
         c, h, w = ctx.in_shape
-        steps = time_steps(ctx)
         if ctx.dialect == "alexeyab":
-            hidden, output = sec["hidden"], sec["output"]
-            _positive(sec, hidden=hidden, output=output)
+            hidden, output = positive(sec, "hidden"), positive(sec, "output")
             g = ab_geometry(sec, ctx)
             gh, gw = h, w
         else:
-            hidden, output = sec["hidden_filters"], sec["output_filters"]
-            _positive(sec, hidden_filters=hidden, output_filters=output)
+            hidden, output = positive(sec, "hidden_filters"), positive(sec, "output_filters")
             g = Geometry(size=3, stride=1, dilation=1, padding=1, groups=1)
             gh, gw = w, h  # parse_crnn: make_crnn_layer(batch, params.w, params.h, ...)
         activation_for(sec, ctx)
         require_groups(sec, g, {"input channels": c, "hidden": hidden, "output": output})
         require_same_size(sec, g, gh, gw, "darknet asserts that the hidden state and the "
                           "input of output_layer have the same size")
-        super().__init__(sec, ctx, (output, gh, gw), steps)
+        super().__init__(sec, ctx, (output, gh, gw))
         self.hidden, self.shortcut = hidden, bool(sec["shortcut"])
         self.map_shape = (c, gh, gw)
         self.input_layer = sub_conv(sec, ctx, "input_layer", (c, gh, gw), hidden, g)
@@ -272,21 +216,16 @@ class CRNN(_Recurrent):
                 for name, t in conv.darknet_tensors()]
 
     def forward(self, x: Tensor) -> Tensor:
-        seq = self._sequence(x, self.map_shape)
+        seq = self._split(x, self.map_shape)
         _, gh, gw = self.map_shape
-        hidden_shape = (seq.shape[1], self.hidden, gh, gw)
-        # training: forward_crnn_layer zeroes slot 0 of l.state and writes later slots
-        if self.training:
-            state = x.new_zeros(hidden_shape)
-        else:
-            state = self._carried("state", hidden_shape, x)
+        state = self._carried("state", (seq.shape[1], self.hidden, gh, gw), x)
         outs = []
         for x_t in seq:
             from_input = self.input_layer(x_t)
             from_self = self.self_layer(state)
             state = (state + from_input if self.shortcut else from_input) + from_self
             outs.append(self.output_layer(state))
-        self.state = None if self.training else state.detach()
+        self._keep([state])
         return torch.stack(outs).reshape(x.shape[0], *self.out_shape)
 
     def flops(self) -> float:
@@ -301,7 +240,7 @@ STATE_GATES = ("wf", "wi", "wg", "wo")
 INPUT_GATES = ("uf", "ui", "ug", "uo")
 
 
-class ConvLSTM(_Recurrent):
+class ConvLSTM(SequenceLayer):
     """AlexeyAB ``[conv_lstm]``, its CPU forward: ``Tensor[N, c, h, w] -> Tensor[N, output, h, w]``.
 
     Per step, with ``u* = U*(x_t)``, ``w* = W*(h)`` and (``peephole=1``) ``v* = V*(c)``
@@ -320,13 +259,11 @@ class ConvLSTM(_Recurrent):
     """
 
     type = "conv_lstm"
-    _state_names = ("h_state", "c_state")
+    STATES = ("h_state", "c_state")
 
     def __init__(self, sec: Section, ctx: BuildContext):
         c, h, w = ctx.in_shape
-        steps = time_steps(ctx)
-        output = sec["output"]
-        _positive(sec, output=output)
+        output = positive(sec, "output")
         g = ab_geometry(sec, ctx)
         activation_for(sec, ctx)
         if sec["bottleneck"]:
@@ -336,7 +273,7 @@ class ConvLSTM(_Recurrent):
         require_groups(sec, g, {"input channels": c, "output": output})
         require_same_size(sec, g, h, w, "the W and V convolutions read the output-sized state as "
                           "an input-sized map")
-        super().__init__(sec, ctx, (output, h, w), steps)
+        super().__init__(sec, ctx, (output, h, w))
         self.output, self.peephole = output, bool(sec["peephole"])
         self.state_constrain = sec["state_constrain"]
         self.map_shape = (c, h, w)
@@ -375,7 +312,7 @@ class ConvLSTM(_Recurrent):
         return fix_nan_and_inf(h), fix_nan_and_inf(c)
 
     def forward(self, x: Tensor) -> Tensor:
-        seq = self._sequence(x, self.map_shape)
+        seq = self._split(x, self.map_shape)
         shape = (seq.shape[1], *self.out_shape)
         h = self._carried("h_state", shape, x)
         c = self._carried("c_state", shape, x)
@@ -383,7 +320,7 @@ class ConvLSTM(_Recurrent):
         for x_t in seq:
             h, c = self._step(x_t, h, c)
             outs.append(h)
-        self.h_state, self.c_state = h.detach(), c.detach()
+        self._keep([h, c])
         return torch.stack(outs).reshape(x.shape[0], *self.out_shape)
 
     def flops(self) -> float:
@@ -395,7 +332,7 @@ class ConvLSTM(_Recurrent):
 
 # ----------------------------------------------------------------- [history]
 
-class History(_Recurrent):
+class History(SequenceLayer):
     """AlexeyAB ``[history]``: ``Tensor[N, c, h, w] -> Tensor[N, c*history_size, h, w]``.
 
     With ``time_steps > 1`` each output is a shift register of the last
@@ -408,14 +345,12 @@ class History(_Recurrent):
     """
 
     type = "history"
-    _state_names = ("history",)
+    STATES = ("history",)
 
     def __init__(self, sec: Section, ctx: BuildContext):
         c, h, w = ctx.in_shape
-        steps = time_steps(ctx)
-        size = sec["history_size"]
-        _positive(sec, history_size=size)
-        super().__init__(sec, ctx, (c * size, h, w), steps)
+        size = positive(sec, "history_size")
+        super().__init__(sec, ctx, (c * size, h, w))
         self.history_size = size
 
     def forward(self, x: Tensor) -> Tensor:
@@ -423,14 +358,14 @@ class History(_Recurrent):
         if self.steps == 1:
             rest = x.new_zeros(n * (self.history_size - 1) * x[0].numel())
             return torch.cat([x.reshape(-1), rest]).view(n, *self.out_shape)
-        seq = self._sequence(x, self.in_shape)
+        seq = self._split(x, self.in_shape)
         keep = self.in_shape[0] * (self.history_size - 1)
         prev = self._carried("history", (seq.shape[1], *self.out_shape), x)
         outs = []
         for x_t in seq:
             prev = torch.cat([x_t, prev[:, :keep]], dim=1)
             outs.append(prev)
-        self.history = prev.detach()
+        self._keep([prev])
         return torch.stack(outs).reshape(n, *self.out_shape)
 
 

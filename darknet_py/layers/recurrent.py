@@ -14,9 +14,12 @@ The output is ``Tensor[N, outputs, 1, 1]`` in the same step-major order.
 
 The state darknet keeps in the layer (``l.state``, ``l.h_cpu``/``l.c_cpu``)
 survives from one forward call to the next: it is a buffer here, of shape
-``[B, n]``, detached after each call (darknet never back-propagates across
-calls), zeroed by :meth:`RecurrentLayer.reset_state` and whenever B changes.
-What the CPU forward functions do with it:
+``[B, n]`` (``None`` before the first call), detached after each call (darknet
+never back-propagates across calls), cleared by
+:meth:`~darknet_py.layers.sequence.SequenceLayer.reset_state` and restarted
+from zeros whenever B changes (the step split and the state are
+:class:`~darknet_py.layers.sequence.SequenceLayer`'s, shared with
+``conv_recurrent.py``).  What the CPU forward functions do with it:
 
 * [rnn], both forks: a training forward starts from a zero state (``if
   (state.train) fill_cpu(..., l.state)``) and leaves the layer's state zero
@@ -63,7 +66,7 @@ layers (``exact_backward = False``); autograd differentiates the forward.
 from __future__ import annotations
 
 import math
-from typing import ClassVar, Sequence
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -72,9 +75,9 @@ from torch import Tensor, nn
 from ..activations import Activation, get_activation
 from ..builder import BuildContext, register
 from ..cfg import Section
-from .base import DarknetLayer, flat
 from .conv import activation_for
 from .norm import CONNECTED_ROLLING, batch_stats, normalize
+from .sequence import SequenceLayer, positive, time_steps
 
 
 
@@ -131,30 +134,12 @@ class Dense(nn.Module):
         return f"{self.inputs} -> {self.outputs}, batch_normalize={int(self.batch_normalize)}"
 
 
-def time_steps(ctx: BuildContext) -> int:
-    """[net] time_steps as the dialect uses it: AlexeyAB raises a value < 1 to 1;
-    pjreddie would divide the batch by it (0: a crash)."""
-    steps = ctx.net["time_steps"]
-    if steps < 1:
-        if ctx.dialect == "alexeyab":
-            return 1
-        raise ctx.net.error(f"time_steps={steps}: expected an integer >= 1 (pjreddie darknet "
-                            f"divides the batch by it)", "time_steps")
-    return steps
-
-
-def positive(sec: Section, key: str, what: str) -> int:
-    value = sec[key]
-    if value < 1:
-        raise sec.error(f"{key}={value}: expected the {what}, an integer >= 1", key)
-    return value
-
-
-class RecurrentLayer(DarknetLayer):
-    """What [rnn], [gru] and [lstm] share: the split into time steps, the state
-    buffers (``STATES``: their names), the sub-layers that read the step input
-    (``INPUT_LAYERS``) and the weights-file order (``FILE_ORDER``, per dialect:
-    names of :class:`Dense` sub-modules).
+class RecurrentLayer(SequenceLayer):
+    """What [rnn], [gru] and [lstm] share beyond :class:`SequenceLayer` (the split
+    into time steps and the carried states, ``STATES``: ``Tensor[B, state_size]``
+    each): the sub-layers that read the step input (``INPUT_LAYERS``) and the
+    weights-file order (``FILE_ORDER``, per dialect: names of :class:`Dense`
+    sub-modules).
 
     The input sub-layers do not depend on the state: unless they normalise with
     batch statistics (training with batch_normalize: per step), they run once on
@@ -164,54 +149,17 @@ class RecurrentLayer(DarknetLayer):
     STATES: ClassVar[tuple[str, ...]] = ("state",)
     INPUT_LAYERS: ClassVar[tuple[str, ...]] = ()
     FILE_ORDER: ClassVar[dict[str, tuple[str, ...]]] = {}
-    #: train/darknet_grad.py refuses mode="exact" for these layers
-    exact_backward: ClassVar[bool] = False
-    #: the state is zeroed at the start of every training forward (and left zero)
-    reset_in_training: ClassVar[bool] = False
 
     def __init__(self, sec: Section, ctx: BuildContext, outputs: int, state_size: int):
         super().__init__(sec, ctx, (outputs, 1, 1))
         c, h, w = ctx.in_shape
         self.inputs, self.outputs = c * h * w, outputs
         self.batch_normalize = bool(sec["batch_normalize"])
-        self.steps = time_steps(ctx)
         self.state_size = state_size
-        for name in self.STATES:
-            self.register_buffer(name, torch.zeros(0, state_size), persistent=False)
 
     def darknet_tensors(self) -> list[tuple[str, Tensor]]:
         return [t for name in self.FILE_ORDER[self.dialect]
                 for t in getattr(self, name).darknet_tensors(name + ".")]
-
-    def reset_state(self) -> None:
-        """Forget the carried state: the next forward starts from zeros."""
-        for name in self.STATES:
-            setattr(self, name, getattr(self, name).new_zeros(0, self.state_size))
-
-    def _split(self, x: Tensor) -> Tensor:
-        """``Tensor[N, C, H, W] -> Tensor[steps, N/steps, C*H*W]`` (darknet's step-major batch)."""
-        n = x.shape[0]
-        if n % self.steps:
-            sec = self.section
-            raise ValueError(f"{sec.file}:{sec.line}: layer {self.index} [{sec.name or sec.type}] "
-                             f"runs time_steps={self.steps} steps per batch: the batch ({n}) must be "
-                             f"a multiple of {self.steps}")
-        return flat(x).reshape(self.steps, n // self.steps, self.inputs)
-
-    def _initial(self, name: str, like: Tensor) -> Tensor:
-        """The carried state ``Tensor[B, state_size]`` for a step batch ``like`` (zeros
-        when the batch size changed, or in training for layers that reset there)."""
-        old: Tensor = getattr(self, name)
-        b = like.shape[0]
-        if old.shape[0] != b or (self.training and self.reset_in_training):
-            return like.new_zeros(b, self.state_size)
-        return old.to(like)
-
-    def _keep(self, states: Sequence[Tensor]) -> None:
-        for name, value in zip(self.STATES, states):
-            if self.training and self.reset_in_training:
-                value = torch.zeros_like(value)
-            setattr(self, name, value.detach())
 
     def _input_terms(self, xs: Tensor) -> list[dict[str, Tensor]]:
         """Per step, the outputs ``Tensor[B, n]`` of the ``INPUT_LAYERS`` on
@@ -224,8 +172,9 @@ class RecurrentLayer(DarknetLayer):
         return [{n: y[t] for n, y in whole.items()} for t in range(steps)]
 
     def forward(self, x: Tensor) -> Tensor:
-        xs = self._split(x)
-        states = [self._initial(name, xs[0]) for name in self.STATES]
+        xs = self._split(x, (self.inputs,))
+        b = xs.shape[1]
+        states = [self._carried(name, (b, self.state_size), x) for name in self.STATES]
         outs = []
         for u in self._input_terms(xs):
             y, states = self.step(u, states)
@@ -339,4 +288,5 @@ class LSTM(RecurrentLayer):
 register("rnn")(RNN)
 register("gru")(GRU)
 register("lstm")(LSTM)
-__all__ = ["Dense", "RecurrentLayer", "RNN", "GRU", "LSTM", "CONNECTED_ROLLING"]
+__all__ = ["Dense", "RecurrentLayer", "RNN", "GRU", "LSTM", "CONNECTED_ROLLING", "time_steps",
+           "positive"]

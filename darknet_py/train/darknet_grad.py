@@ -237,9 +237,10 @@ def _detach_inputs(positions: tuple[int, ...]):
 
 
 def _refuse_unsupported(model) -> None:
-    """Layers with ``exact_backward = False`` (the recurrent ones) have a backward of
-    their own in darknet that is not reproduced here: exact mode would silently train
-    them with autograd, so it refuses them."""
+    """Layers with ``exact_backward = False`` (the recurrent ones: [rnn], [gru], [lstm],
+    [crnn], [conv_lstm], [history]) have a backward of their own in darknet that is not
+    reproduced here: exact mode would silently train them with autograd, so it refuses
+    them."""
     for layer in model.module_list:
         if not getattr(layer, "exact_backward", True):
             sec = layer.section
@@ -310,5 +311,6 @@ def install(model, mode: str = "exact") -> DarknetBackward:
     exact mode, the gradient darknet loses (:func:`dropped_edges`) and the deltas
     it never clears (:func:`stale_layers`).  Exact mode raises
     :class:`~darknet_py.errors.UnsupportedLayerError` for a model with a layer whose
-    darknet backward is not reproduced (``exact_backward = False``: [rnn], [gru], [lstm])."""
+    darknet backward is not reproduced (``exact_backward = False``: [rnn], [gru], [lstm],
+    [crnn], [conv_lstm], [history])."""
     return DarknetBackward(model, mode)
