@@ -222,6 +222,17 @@ class RNN(RecurrentLayer):
         return self.output_layer(new), [new]
 
 
+def _add_gates(layer: "RecurrentLayer", gates: str) -> None:
+    """Per gate ``g``: a linear Dense ``u<g>`` (inputs -> outputs, on the step input) and
+    ``w<g>`` (outputs -> outputs, on the state), batch-normalised as the section says."""
+    linear = get_activation("linear", layer.dialect)
+    for gate in gates:
+        setattr(layer, "u" + gate, Dense(layer.inputs, layer.outputs, linear, layer.batch_normalize,
+                                         layer.dialect))
+        setattr(layer, "w" + gate, Dense(layer.outputs, layer.outputs, linear, layer.batch_normalize,
+                                         layer.dialect))
+
+
 class GRU(RecurrentLayer):
     """[gru]: uz, ur, uh (inputs -> outputs, on x) and wz, wr, wh (outputs ->
     outputs, on the state), all linear; see the module docstring."""
@@ -234,11 +245,7 @@ class GRU(RecurrentLayer):
     def __init__(self, sec: Section, ctx: BuildContext):
         outputs = positive(sec, "output", "number of outputs")
         super().__init__(sec, ctx, outputs, outputs)
-        bn = self.batch_normalize
-        linear = get_activation("linear", ctx.dialect)
-        for gate in "zrh":
-            setattr(self, "u" + gate, Dense(self.inputs, outputs, linear, bn, ctx.dialect))
-            setattr(self, "w" + gate, Dense(outputs, outputs, linear, bn, ctx.dialect))
+        _add_gates(self, "zrh")
         self.logistic = get_activation("logistic", ctx.dialect)
         use_tanh = ctx.dialect == "pjreddie" and bool(sec["tanh"])
         self.candidate_activation = get_activation("tanh" if use_tanh else "logistic", ctx.dialect)
@@ -266,11 +273,7 @@ class LSTM(RecurrentLayer):
     def __init__(self, sec: Section, ctx: BuildContext):
         outputs = positive(sec, "output", "number of outputs")
         super().__init__(sec, ctx, outputs, outputs)
-        bn = self.batch_normalize
-        linear = get_activation("linear", ctx.dialect)
-        for gate in "figo":
-            setattr(self, "u" + gate, Dense(self.inputs, outputs, linear, bn, ctx.dialect))
-            setattr(self, "w" + gate, Dense(outputs, outputs, linear, bn, ctx.dialect))
+        _add_gates(self, "figo")
         self.logistic = get_activation("logistic", ctx.dialect)
         self.tanh = get_activation("tanh", ctx.dialect)
 
