@@ -3,8 +3,10 @@ and the collate that builds the loss's targets.
 
 * :class:`DetectionDataset` turns an image (+ its boxes) into a
   ``Tensor[3, H, W]`` float RGB in [0, 1] and its truth ``Tensor[K, 5]``
-  (class, cx, cy, w, h); in training with darknet's augmentation (and mosaic),
-  in evaluation letterboxed or stretched, boxes left relative to the original.
+  (class, cx, cy, w, h); in training with darknet's augmentation (and, for
+  half of the samples as in AlexeyAB's loader, mosaic or mixup when the cfg
+  enables one), in evaluation letterboxed or stretched, boxes left relative
+  to the original.
   A key is ``(index, w, h, seed)`` so each sample is reproducible whichever
   worker loads it; a plain ``int`` uses the dataset's size and a seed fixed
   per index (the same augmentation every time: train with the sampler).
@@ -35,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from ..errors import DataError
 from . import image_ops
 from .augment import AugmentConfig, augment
+from .mixup import mixup
 from .mosaic import mosaic
 from .multiscale import MultiScaleSchedule
 from .rng import coin
@@ -123,9 +126,12 @@ class DetectionDataset(Dataset):
         cfg = self.augment
         img, labels, index = self._read_or_replace(index, rng, failed)
         size = (img.shape[1], img.shape[0])
-        if cfg.mosaic and cfg.dialect == "alexeyab" and coin(rng):
+        combine = None
+        if cfg.dialect == "alexeyab" and (cfg.mosaic or cfg.mixup) and coin(rng):
+            combine, n_parts = (mosaic, 4) if cfg.mosaic else (mixup, 2)
+        if combine is not None:
             parts = {index: (img, labels)}
-            others = [int(rng.integers(len(self))) for _ in range(3)]
+            others = [int(rng.integers(len(self))) for _ in range(n_parts - 1)]
 
             def load(i: int) -> tuple[np.ndarray, np.ndarray]:
                 if i not in parts:
@@ -133,7 +139,7 @@ class DetectionDataset(Dataset):
                     parts[i] = (im, lab)
                 return parts[i]
 
-            out, truth = mosaic(load, [index] + others, rng, w, h, cfg)
+            out, truth = combine(load, [index] + others, rng, w, h, cfg)
         else:
             out, truth = augment(img, labels, rng, w, h, cfg)
         return Sample(_chw(out), torch.from_numpy(truth), index, size, failed)
@@ -218,18 +224,30 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
+#: workers start in a fresh interpreter: OpenCV's pthreads pool is not fork-safe
+#: (after the parent ran a parallel cv2 call, e.g. GaussianBlur, ``cv2.setNumThreads``
+#: in a forked child hangs)
+WORKER_START = "spawn"
+
+
+def _worker_kwargs(workers: int) -> dict:
+    if not workers:
+        return {}
+    return dict(worker_init_fn=_worker_init, multiprocessing_context=WORKER_START)
+
+
 def train_loader(dataset: DetectionDataset, sampler: DarknetBatchSampler, *, workers: int = 0,
                  pin_memory: bool = False) -> DataLoader:
     """A DataLoader over ``sampler``'s minibatches with :func:`collate`."""
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=workers,
-                      worker_init_fn=_worker_init if workers else None, pin_memory=pin_memory,
-                      persistent_workers=workers > 0)
+                      pin_memory=pin_memory, persistent_workers=workers > 0,
+                      **_worker_kwargs(workers))
 
 
 def eval_loader(dataset: DetectionDataset, batch_size: int = 1, *, workers: int = 0) -> DataLoader:
     """In-order evaluation batches (failed images skipped, listed in ``failed``)."""
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate,
-                      num_workers=workers, worker_init_fn=_worker_init if workers else None)
+                      num_workers=workers, **_worker_kwargs(workers))
 
 
 def dataset_from_files(data_file: str | os.PathLike, cfg, split: str = "train", *,

@@ -132,3 +132,77 @@ def letterbox_uint8(img: np.ndarray, w: int, h: int) -> np.ndarray:
 def resize_uint8(img: np.ndarray, w: int, h: int) -> np.ndarray:
     """``img`` stretched to ``w x h`` (float32 [0, 1])."""
     return to_float(cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR))
+
+
+# ---------------------------------------------------------------- AlexeyAB blur / noise
+#: AlexeyAB's kernel for ``blur == 1`` (background blur)
+BACKGROUND_BLUR_KSIZE = 17
+
+
+def blur_ksize(blur: int) -> int:
+    """The Gaussian kernel side AlexeyAB uses for a blur value: 17 for 1, else the
+    odd ``(blur // 2) * 2 + 1``."""
+    return BACKGROUND_BLUR_KSIZE if blur == 1 else (blur // 2) * 2 + 1
+
+
+def gaussian_blur_uint8(img: np.ndarray, ksize: int) -> np.ndarray:
+    """``cv::GaussianBlur`` with a ``ksize x ksize`` kernel and sigma derived from
+    it by OpenCV (``0.3 * ((ksize - 1) / 2 - 1) + 0.8``), reflect-101 border.
+    uint8 ``Array[H, W, 3]`` -> uint8 ``Array[H, W, 3]``."""
+    return cv2.GaussianBlur(img, (ksize, ksize), 0)
+
+
+def box_rects(truth: np.ndarray, w: int, h: int) -> list[tuple[int, int, int, int]]:
+    """The pixel rectangles ``(x0, y0, x1, y1)`` of truth boxes ``Array[K, 5]``
+    (class, cx, cy, bw, bh relative) on a ``w x h`` image, as AlexeyAB's blur
+    computes them (edges and sizes truncated toward zero, then intersected with
+    the image; empty ones left out)."""
+    rects = []
+    for _, cx, cy, bw, bh in np.asarray(truth, np.float32):
+        cx, cy, bw, bh = float(cx), float(cy), float(bw), float(bh)
+        left, top = int((cx - bw / 2.0) * w), int((cy - bh / 2.0) * h)
+        x1, y1 = left + int(bw * w), top + int(bh * h)
+        x0, y0, x1, y1 = max(left, 0), max(top, 0), min(x1, w), min(y1, h)
+        if x0 < x1 and y0 < y1:
+            rects.append((x0, y0, x1, y1))
+    return rects
+
+
+def blur_uint8(img: np.ndarray, blur: int, truth: np.ndarray) -> np.ndarray:
+    """AlexeyAB's blur of the augmented image: ``blur == 1`` blurs the background
+    only (17x17 Gaussian, the truth boxes' pixels restored from ``img``), ``blur >
+    1`` the whole image with a ``blur_ksize(blur)`` kernel, 0 nothing.
+    uint8 ``Array[H, W, 3]`` (truth ``Array[K, 5]``) -> uint8 ``Array[H, W, 3]``."""
+    if blur <= 0:
+        return img
+    out = gaussian_blur_uint8(img, blur_ksize(blur))
+    if blur == 1:
+        h, w = img.shape[:2]
+        for x0, y0, x1, y1 in box_rects(truth, w, h):
+            out[y0:y1, x0:x1] = img[y0:y1, x0:x1]
+    return out
+
+
+#: AlexeyAB clamps ``gaussian_noise`` to this standard deviation
+MAX_NOISE_SIGMA = 127
+
+
+def gaussian_noise_uint8(img: np.ndarray, sigma: int, rng: np.random.Generator) -> np.ndarray:
+    """AlexeyAB's noise: ``cv::randn`` into a uint8 image with mean 0 and standard
+    deviation ``sigma`` (clamped to 0..127), then added with saturation.  The noise
+    image is uint8, so each draw is rounded and saturated to 0..255: the negative
+    half becomes 0 and the noise only brightens.
+    uint8 ``Array[H, W, 3]`` -> uint8 ``Array[H, W, 3]``."""
+    sigma = min(max(int(sigma), 0), MAX_NOISE_SIGMA)
+    if sigma == 0:
+        return img
+    noise = np.clip(np.rint(rng.normal(0.0, sigma, img.shape)), 0, 255).astype(np.uint8)
+    return cv2.add(img, noise)
+
+
+def blend_float(new: np.ndarray, old: np.ndarray, alpha: float = 0.5,
+                beta: float = 0.5) -> np.ndarray:
+    """``cv::addWeighted(new, alpha, old, beta, 0)`` on float32 images (AlexeyAB's
+    ``blend_images_cv``).  ``Array[H, W, 3]`` x2 -> float32 ``Array[H, W, 3]``."""
+    return (new.astype(np.float32) * np.float32(alpha)
+            + old.astype(np.float32) * np.float32(beta)).astype(np.float32)

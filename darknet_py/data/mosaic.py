@@ -3,19 +3,20 @@ quadrants around a random cut point.
 
 As in AlexeyAB's ``load_data_detection`` (OpenCV path): the cut is
 ``(rand_int(0.2w, 0.8w), rand_int(0.2h, 0.8h))``; each part is augmented with
-its own crop/flip/colour; with probability 1/2 a part's crop is pushed into the
+its own crop/flip/colour (and blur/noise); with probability 1/2 a part's crop is pushed into the
 corner that touches the cut so most of it stays visible; the part's pixels next
 to the cut are copied into its quadrant, shifted by the padding of its crop;
 its boxes are moved by ``blend_truth_mosaic`` (:mod:`darknet_py.data.truth`).
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable
 
 import numpy as np
 
 from . import image_ops
-from .augment import AlexeyABAugmenter, AugmentConfig, Crop, transform_truth
+from .augment import AlexeyABAugmenter, AugmentConfig, Crop, alexeyab_pixels, transform_truth
 from .rng import coin, rand_int
 from .truth import blend_truth_mosaic
 
@@ -30,7 +31,7 @@ def _to_corner(c: Crop, quadrant: int) -> Crop:
     slack_right = (quadrant in (0, 2)) != c.flip
     l, r = (0, r + l) if slack_right else (l + r, 0)
     t, b = (0, b + t) if quadrant in (0, 1) else (t + b, 0)
-    return Crop(l, r, t, b, c.flip, c.colour)
+    return replace(c, pleft=l, pright=r, ptop=t, pbot=b)
 
 
 def _c_div(a: int, b: int) -> int:
@@ -58,12 +59,7 @@ def mosaic(load: Callable[[int], tuple[np.ndarray, np.ndarray]], indices: list[i
         if coin(rng):
             crop = _to_corner(crop, quadrant)
         part_truth = transform_truth(labels, crop, ow, oh, w, h, cfg, rng)
-        swidth, sheight = crop.size(ow, oh)
-        part = image_ops.crop_resize_uint8(img, crop.pleft, crop.ptop, swidth, sheight, w, h)
-        if crop.flip:
-            part = image_ops.flip_horizontal(part)
-        c = crop.colour
-        part = image_ops.distort_hsv_uint8(part, c.dhue, c.dsat, c.dexp)
+        part = alexeyab_pixels(img, crop, w, h, part_truth)  # incl. blur / noise
         pleft, pright = (crop.pright, crop.pleft) if crop.flip else (crop.pleft, crop.pright)
         left_shift = min(cut_x, max(0, _c_div(-pleft * w, ow)))
         top_shift = min(cut_y, max(0, _c_div(-crop.ptop * h, oh)))
