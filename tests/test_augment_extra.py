@@ -17,7 +17,7 @@ import torch
 
 from darknet_py.cfg import parse_cfg
 from darknet_py.data import (AugmentConfig, Crop, DarknetBatchSampler, DetectionDataset,
-                             LabeledImages, augment_with, dataset_from_files,
+                             augment_with, dataset_from_files,
                              make_synthetic_dataset, train_loader)
 from darknet_py.data.augment import (UNSUPPORTED_NET_KEYS, AlexeyABAugmenter, detector_mixup_mode,
                                      draw_blur, draw_noise, effective_blur, min_box_side,
@@ -26,6 +26,7 @@ from darknet_py.data.image_ops import blur_ksize, blur_uint8, gaussian_noise_uin
 from darknet_py.data.mixup import blend, blend_truth, mixup
 from darknet_py.data.mosaic import mosaic
 from darknet_py.errors import DataError
+from tests.test_data import _tiny_source
 
 
 def _cfg(**kw) -> AugmentConfig:
@@ -280,19 +281,6 @@ def test_mosaic_parts_get_noise():
 
 
 # ------------------------------------------------------------------ dataset
-def _tiny_source(tmp_path: Path, n: int = 4) -> LabeledImages:
-    import cv2
-    images, labels = [], []
-    for i in range(n):
-        p = tmp_path / f"{i}.png"
-        img = np.zeros((40, 50, 3), np.uint8)
-        img[10:30, 10 + i:30 + i] = 200
-        cv2.imwrite(str(p), img)
-        images.append(p)
-        labels.append(np.array([[i % 4, (20 + i) / 50, .5, .4, .5]], np.float32))
-    return LabeledImages(images, labels)
-
-
 def test_dataset_mixup_samples(tmp_path):
     """With mixup, half the samples hold two images' boxes."""
     ds = DetectionDataset(_tiny_source(tmp_path), 64, 48, augment=_cfg(mixup=True), seed=3)
