@@ -75,13 +75,13 @@ from torch import Tensor, nn
 from ..activations import Activation, get_activation
 from ..builder import BuildContext, register
 from ..cfg import Section
-from .conv import activation_for
-from .norm import CONNECTED_ROLLING, batch_stats, normalize
+from .conv import _BNMixin, activation_for
+from .norm import CONNECTED_ROLLING, batch_stats, normalize, update_rolling
 from .sequence import SequenceLayer, positive, time_steps
 
 
 
-class Dense(nn.Module):
+class Dense(_BNMixin, nn.Module):
     """One [connected] sub-layer: ``Tensor[B, inputs] -> Tensor[B, outputs]``,
     ``activation(BN(x @ weights.T) + biases)`` (no BN: ``x @ weights.T + biases``).
 
@@ -93,35 +93,25 @@ class Dense(nn.Module):
         super().__init__()
         self.inputs, self.outputs = inputs, outputs
         self.activation = activation
-        self.batch_normalize = bool(batch_normalize)
         self.dialect = dialect
+        self.rolling_factors = CONNECTED_ROLLING[dialect]
         self.weights = nn.Parameter(torch.empty(outputs, inputs))
-        self.biases = nn.Parameter(torch.zeros(outputs))
-        if self.batch_normalize:
-            self.scales = nn.Parameter(torch.ones(outputs))
-            self.register_buffer("rolling_mean", torch.zeros(outputs))
-            self.register_buffer("rolling_variance", torch.ones(outputs))
+        self._init_bn(outputs, batch_normalize)
         with torch.no_grad():   # make_connected_layer: sqrt(2/inputs) * U(-1, 1)
             scale = math.sqrt(2.0 / inputs)
             self.weights.uniform_(-scale, scale)
 
     def darknet_tensors(self, prefix: str) -> list[tuple[str, Tensor]]:
         """save_connected_weights' order: biases, weights, then the BN tensors."""
-        out = [(prefix + "biases", self.biases), (prefix + "weights", self.weights)]
-        if self.batch_normalize:
-            out += [(prefix + "scales", self.scales), (prefix + "rolling_mean", self.rolling_mean),
-                    (prefix + "rolling_variance", self.rolling_variance)]
-        return out
+        out = [("biases", self.biases), ("weights", self.weights), *self._bn_tensors()]
+        return [(prefix + name, t) for name, t in out]
 
     def _batchnorm(self, y: Tensor) -> Tensor:
         """``Tensor[B, outputs]``: (y - mean) / std * scales, darknet's normalize_cpu then scale_bias."""
         if not self.training:
             return normalize(y, self.rolling_mean, self.rolling_variance, self.dialect) * self.scales
         mean, var = batch_stats(y)
-        a, b = CONNECTED_ROLLING[self.dialect]
-        with torch.no_grad():   # scal_cpu then axpy_cpu: two float32 roundings
-            self.rolling_mean.mul_(a).add_(mean.detach() * b)
-            self.rolling_variance.mul_(a).add_(var.detach() * b)
+        update_rolling(self, mean.detach(), var.detach())
         return normalize(y, mean, var, self.dialect) * self.scales
 
     def forward(self, x: Tensor) -> Tensor:
