@@ -121,6 +121,10 @@ class _BNMixin:
     def _norm_bias(self, x: Tensor) -> Tensor:
         if self.batch_normalize:
             x = batchnorm(self, x)
+        # the trainer's exact mode sums the bias gradient in darknet's order
+        add = getattr(self, "bias_function", None) if self.training else None
+        if add is not None:
+            return add(x, self.biases)
         return x + self.biases.view(self._bias_shape(x))
 
 

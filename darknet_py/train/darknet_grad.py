@@ -65,6 +65,7 @@ from torch.utils.hooks import RemovableHandle
 
 from ..errors import UnsupportedLayerError
 from ..layers.norm import batch_stats, std_of
+from . import darknet_order as order
 
 MODES = ("exact", "autograd")
 
@@ -86,25 +87,45 @@ class DarknetBatchNorm(torch.autograd.Function):
     (y: Tensor[N, C, ...], mean: Tensor[C], var: Tensor[C] (unbiased)).
     Only ``y`` carries a gradient.  With ``g`` the incoming gradient and
     ``xc = x - mean`` the backward needs two sums per channel, ``sum(g)`` and
-    ``sum(g*xc)``: ``d scales = sum(g*xc)/std``, ``dmean = scales*sum(g)*-1/sqrt(v+1e-5)``,
+    ``sum(g*xc)``: ``d scales = sum(g*x_hat)``, ``dmean = scales*sum(g)*-1/sqrt(v+1e-5)``,
     ``dvar = scales*sum(g*xc)*-0.5*(v+1e-5)^-1.5`` and
-    ``dx = g*scales*k + xc*dvar*2/N + dmean/N`` (darknet's formula, regrouped).
+    ``dx = g*scales*k + xc*dvar*2/N + dmean/N`` (darknet's formula).
+
+    On CPU every sum runs in darknet's order and every element-wise step rounds as
+    darknet's C does (:mod:`.darknet_order`), so that near-ties (a leaky input within
+    rounding of 0) fall the way they fall in darknet whatever torch's kernels are.  On
+    other devices the same formula runs with torch's (faster) reductions.
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, scales: Tensor, dialect: str):  # type: ignore[override]
         _, shape = _channel_view(x)
-        mean, var = batch_stats(x)
-        xc = x - mean.view(shape)
-        std = std_of(var, dialect)
-        y = xc * (scales / std).view(shape)
         ctx.dialect = dialect
-        ctx.save_for_backward(xc, std, var, scales)
+        ctx.darknet_order = order.applies(x)
+        if ctx.darknet_order:
+            mean, var = order.batch_stats(x)
+            xc = x - mean.view(shape)
+            x_hat = order.normalize(xc, var, dialect)
+            y = x_hat * scales.view(shape)
+            ctx.save_for_backward(xc, x_hat, var, scales)
+        else:
+            mean, var = batch_stats(x)
+            xc = x - mean.view(shape)
+            std = std_of(var, dialect)
+            y = xc * (scales / std).view(shape)
+            ctx.save_for_backward(xc, std, var, scales)
         ctx.mark_non_differentiable(mean, var)
         return y, mean, var
 
     @staticmethod
     def backward(ctx, gy: Tensor, _gm: Tensor | None, _gv: Tensor | None):  # type: ignore[override]
+        if ctx.darknet_order:
+            xc, x_hat, var, scales = ctx.saved_tensors
+            gy = gy.contiguous()
+            g_scales = order.channel_sum(gy * x_hat) if ctx.needs_input_grad[1] else None
+            if not ctx.needs_input_grad[0]:
+                return None, g_scales, None
+            return order.bn_backward(gy, xc, var, scales, ctx.dialect), g_scales, None
         xc, std, var, scales = ctx.saved_tensors
         dims, shape = _channel_view(xc)
         n = xc.numel() // xc.shape[1]
@@ -120,6 +141,44 @@ class DarknetBatchNorm(torch.autograd.Function):
         k = 1.0 / torch.sqrt(var + eps) if where == "inside" else 1.0 / (torch.sqrt(var) + eps)
         dx = torch.addcmul((d_mean / n).view(shape), gy, (scales * k).view(shape))
         return dx.addcmul_(xc, (d_var * (2.0 / n)).view(shape)), g_scales, None
+
+
+class DarknetBias(torch.autograd.Function):
+    """``x + biases`` whose backward sums the bias gradient as darknet's ``backward_bias``.
+
+    forward(x: Tensor[N, C, ...], biases: Tensor[C], parts: dict) -> Tensor[N, C, ...].
+    The gradient of ``biases`` is the sum over images of the per-image sums
+    (Tensor[N, C], each over the positions in order); those per-image sums are also
+    left in ``parts[biases]`` so that :class:`~darknet_py.train.Trainer` adds them into
+    darknet's ``bias_updates`` buffer one image at a time, as darknet does.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, biases: Tensor, parts: dict):  # type: ignore[override]
+        ctx.parts = parts
+        ctx.key = biases
+        return x + biases.view((1, -1) + (1,) * (x.dim() - 2))
+
+    @staticmethod
+    def backward(ctx, g: Tensor):  # type: ignore[override]
+        if not ctx.needs_input_grad[1]:
+            return g, None, None
+        per_image = order.image_channel_sums(g).to(g.device)
+        ctx.parts[ctx.key] = per_image
+        total = per_image[0].clone()
+        for row in per_image[1:]:
+            total += row
+        return g, total, None
+
+
+class _BiasSum:
+    """The ``bias_function`` of a layer in exact mode: :class:`DarknetBias` into ``parts``."""
+
+    def __init__(self, parts: dict):
+        self.parts = parts
+
+    def __call__(self, x: Tensor, biases: Tensor) -> Tensor:
+        return DarknetBias.apply(x, biases, self.parts)
 
 
 def darknet_bn(x: Tensor, scales: Tensor, dialect: str) -> tuple[Tensor, Tensor, Tensor]:
@@ -267,10 +326,15 @@ class DarknetBackward:
         self.mode = mode
         self.stale: dict[int, Tensor] = {}
         self.handles: list[RemovableHandle] = []
+        #: exact mode: bias parameter -> its per-image gradient sums of the last backward
+        self.bias_parts: dict[Tensor, Tensor] = {}
         fn = darknet_bn if mode == "exact" else None
+        bias_fn = _BiasSum(self.bias_parts) if mode == "exact" else None
         for layer in model.module_list:
             if getattr(layer, "batch_normalize", False):
                 layer.bn_function = fn
+            if hasattr(layer, "_norm_bias"):
+                layer.bias_function = bias_fn
         if mode != "exact":
             return
         for consumer, source in dropped_edges(model):

@@ -306,10 +306,18 @@ class Trainer:
     @torch.no_grad()
     def _accumulate(self) -> None:
         """Darknet's buffers hold the NEGATIVE gradient, summed over passes."""
+        parts = self.backward.bias_parts
         for _, _, _, key, p in self._named_params():
             if p.grad is not None:
-                self._buffer(key, p).sub_(p.grad)
+                per_image = parts.pop(p, None)
+                if per_image is None:
+                    self._buffer(key, p).sub_(p.grad)
+                else:                        # darknet's backward_bias: one image at a time
+                    u = self._buffer(key, p)
+                    for row in per_image:
+                        u.sub_(row)
                 p.grad = None
+        parts.clear()
 
     @torch.no_grad()
     def _update(self, rate: float) -> None:

@@ -1,0 +1,165 @@
+"""Darknet's batch-norm arithmetic in darknet's own order and rounding (CPU, exact mode).
+
+A float32 sum depends on the order of its terms, and torch's reductions pick
+their order by kernel (AVX2, AVX-512, thread count).  On most inputs that moves
+a result by an ulp or two; near a discrete tie (a leaky unit whose input is
+within rounding of 0, a maxpool near-tie) it decides which way the tie falls,
+and the next update follows a different branch than darknet's.  So exact mode
+computes every batch-norm sum the way darknet's CPU loops do:
+
+* ``mean_cpu`` / ``variance_cpu``: per channel, ``sum += value`` one value at a
+  time, image after image and position after position, then ``sum *= scale``
+  with ``scale = (float)(1./N)`` (mean) or ``(float)(1./(N-1))`` (variance).
+* ``backward_bias``: per image and channel a sequential ``sum_array`` over the
+  positions, added into ``bias_updates`` image after image.
+* ``backward_scale_cpu``: per channel the sequential sum of ``delta * x_norm``
+  over (image, position), added once into ``scale_updates``.
+* ``mean_delta_cpu`` / ``variance_delta_cpu``: sequential sums of
+  ``delta*scale`` and ``delta*scale * (x - mean)``, then one multiplication by a
+  factor that C computes in double.
+
+The element-wise formula of ``normalize_delta_cpu`` and the factors of
+``mean_delta_cpu`` / ``variance_delta_cpu`` mix float and double operands, so C
+evaluates them in double and rounds once to float; we do the same with float64
+tensors (IEEE double, correctly rounded like C's, whatever the SIMD width).
+
+``variance_cpu`` writes ``pow(x - mean, 2)``, a double, added to the float sum;
+we add the square rounded to float, which is what the conformance data shows:
+the AlexeyAB trajectory whose update 2 sits on a leaky near-tie
+(``train_ab_yolov4-tiny_narrow8_bnbiasgrad``; half of darknet's own 1-ulp
+perturbed reruns flip it) follows darknet to 6e-7 with the float square and
+falls on the other side of the tie (1.1e-4 at update 2) when each square is
+added in double.  ``normalize_cpu`` is evaluated in float for the same reason
+(:func:`normalize`).
+
+Sums run with :func:`numpy.add.accumulate`, which adds strictly in order with
+float32 rounding after every add (``numpy.sum`` and ``torch.sum`` add pairwise
+or in SIMD lanes; ``torch.cumsum`` accumulates in double on CPU).  Only float32
+CPU tensors take this path (:func:`applies`); CUDA tensors use torch's own, faster
+reductions (darknet's GPU kernels have an order of their own that is not
+reproduced either way), and so do float64 ones.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..layers.norm import std_of
+
+f32 = np.float32
+F64 = torch.float64
+
+
+def applies(x: Tensor) -> bool:
+    """Darknet's order is reproduced for float32 CPU tensors (darknet's own type)."""
+    return x.device.type == "cpu" and x.dtype == torch.float32
+
+
+def _as_rows(x: Tensor) -> np.ndarray:
+    """Tensor[N, C, ...] -> float32 array [N, C, S] (S = positions), a view when possible."""
+    a = x.detach().numpy()
+    return a.reshape(a.shape[0], a.shape[1], -1)
+
+
+def sequential_sum(rows: np.ndarray) -> np.ndarray:
+    """float32 [N, C, S] -> [C]: per channel ``s += v`` over (image, position) in order,
+    float32 rounding after every add (darknet's ``for j: for k: sum += x[j][i][k]``)."""
+    n, c, s = rows.shape
+    carry = np.zeros(c, dtype=f32)
+    if s == 0:
+        return carry
+    buf = np.empty((c, s), dtype=f32)
+    for j in range(n):
+        np.copyto(buf, rows[j])
+        buf[:, 0] += carry                      # the add that joins image j to the running sum
+        np.add.accumulate(buf, axis=1, out=buf)
+        carry = buf[:, -1].copy()
+    return carry
+
+
+def per_image_sums(rows: np.ndarray) -> np.ndarray:
+    """float32 [N, C, S] -> [N, C]: darknet's ``sum_array`` over the positions of each
+    image and channel, in order."""
+    if rows.shape[2] == 0:
+        return np.zeros(rows.shape[:2], dtype=f32)
+    return np.add.accumulate(rows, axis=2, dtype=f32)[:, :, -1].copy()
+
+
+def _channel(v: Tensor, x: Tensor) -> Tensor:
+    return v.view((1, -1) + (1,) * (x.dim() - 2))
+
+
+def _float_eps(value: float) -> float:
+    """A C float literal such as ``.00001f`` as the double C promotes it to."""
+    return float(f32(value))
+
+
+def batch_stats(x: Tensor) -> tuple[Tensor, Tensor]:
+    """``mean_cpu`` then ``variance_cpu`` of Tensor[N, C, ...]: (mean Tensor[C], unbiased
+    variance Tensor[C]) in darknet's order; CUDA: torch's reductions."""
+    dims = [0] + list(range(2, x.dim()))
+    if x.device.type != "cpu":
+        mean = x.mean(dims)
+        return mean, x.var(dims, unbiased=True)
+    xd = x.detach().contiguous()
+    count = xd.numel() // xd.shape[1]
+    mean = sequential_sum(_as_rows(xd)) * f32(1.0 / count)
+    centred = _as_rows(xd) - mean[None, :, None]
+    var = sequential_sum(centred * centred) * f32(1.0 / (count - 1))
+    return torch.from_numpy(mean), torch.from_numpy(var)
+
+
+def normalize(xc: Tensor, var: Tensor, dialect: str) -> Tensor:
+    """``normalize_cpu`` on ``xc = x - mean`` (float32): pjreddie
+    ``xc / (sqrt(v) + .000001f)``, AlexeyAB ``xc / sqrt(v + .00001f)``, in float.
+
+    The C source writes a double ``sqrt`` here; the float evaluation is what the
+    conformance data shows (a compiler may narrow a float-in, float-out expression
+    like this one): the AlexeyAB trajectory whose update 2 sits on a leaky near-tie
+    (``train_ab_yolov4-tiny_narrow8_bnbiasgrad``) follows darknet to 6e-7 with the
+    float division and falls on the other side of the tie (6e-4) with a double one;
+    the pjreddie trajectories match within their tolerances either way.
+    """
+    return xc / _channel(std_of(var, dialect), xc)
+
+
+def channel_sum(t: Tensor) -> Tensor:
+    """Tensor[N, C, ...] -> Tensor[C]: the sequential float32 sum over (image, position)
+    of each channel (CPU), torch's sum elsewhere."""
+    if t.device.type != "cpu":
+        return t.sum([0] + list(range(2, t.dim())))
+    return torch.from_numpy(sequential_sum(_as_rows(t.contiguous())))
+
+
+def image_channel_sums(t: Tensor) -> Tensor:
+    """Tensor[N, C, ...] -> Tensor[N, C]: ``sum_array`` per image and channel (CPU in order)."""
+    if t.device.type != "cpu":
+        return t.flatten(2).sum(2)
+    return torch.from_numpy(per_image_sums(_as_rows(t.contiguous())))
+
+
+def bn_backward(g: Tensor, xc: Tensor, var: Tensor, scales: Tensor, dialect: str) -> Tensor:
+    """``dx`` of darknet's batch-norm backward for the gradient ``g`` of ``x_norm*scales``.
+
+    ``scale_bias`` (``dxh = g*scale``, float), ``mean_delta_cpu`` and
+    ``variance_delta_cpu`` (sequential sums, then a double factor), then
+    ``normalize_delta_cpu`` in double (pjreddie ``dxh/sqrt(v + 1e-5)``, AlexeyAB
+    ``dxh/(sqrt(v) + 1e-5)``; both ``+ vd*2*xc/N + md/N``, with ``md/N`` a float
+    division as in C).  Darknet's delta is ``-g``; every step is odd in it, so this
+    returns exactly minus darknet's delta.
+    """
+    n = g.numel() // g.shape[1]
+    dxh = g * _channel(scales, g)
+    veps = (var + f32(1e-5)).to(F64)                      # (float)(v + .00001f), promoted
+    md = (channel_sum(dxh).to(g.device).to(F64) * (-1.0 / torch.sqrt(veps))).to(g.dtype)
+    vd = channel_sum(dxh * xc).to(g.device).to(F64) * (-0.5 * torch.pow(veps, -1.5))
+    vd = vd.to(g.dtype)
+    if dialect == "pjreddie":
+        k = torch.sqrt(veps)
+    else:
+        k = torch.sqrt(var.to(F64)) + _float_eps(1e-5)
+    dx = dxh.to(F64) / _channel(k, g)
+    dx = dx + _channel(vd.to(F64) * 2.0, g) * xc.to(F64) / float(n)
+    dx = dx + _channel((md / f32(n)).to(F64), g)
+    return dx.to(g.dtype)
