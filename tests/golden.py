@@ -1,4 +1,19 @@
-"""Helpers to compare our tensors with darknet's stored ones, with a clear first-difference message."""
+"""Helpers to compare our tensors with darknet's stored ones, with a clear first-difference message.
+
+Where the tests' tolerances come from:
+
+* Against darknet's numbers (``../shared/conformance``): the manifest's rule of the case,
+  read from the manifest (``tolerances.recommended`` of a case, ``recommended_tolerances``
+  of a train case): 20 x the worst change darknet itself shows when rerun with 1-ulp
+  perturbed inputs or weights, at least 1e-5 per layer and 1e-4 end to end.  Two float32
+  programs of the same network (torch and onnxruntime, fused and unfused) are held to
+  the same end-to-end rule, since it measures how far the network amplifies rounding.
+* Against a case worked out by hand or a loop transcription of darknet's C code in
+  float64: a float32 result of a few operations on O(1) values is within a few ulp of
+  float32 (2**-24 = 6e-8 relative), so ``1e-6`` relative (16 ulp) or ``1e-5`` for chains
+  of up to ~20 operations; bit-exact (``==`` / 0 ulp) where the arithmetic is the same
+  float32 operations in the same order.
+"""
 from __future__ import annotations
 
 import numpy as np

@@ -191,20 +191,26 @@ def test_cli_on_photo_files_equals_darknet(conformance, manifest, tmp_path, thre
 @pytest.mark.parametrize("key", [im["key"] for im in REAL])
 def test_pipeline_on_darknets_decoded_image(conformance, manifest, real_model, key):
     """From darknet's own decoded pixels the only gap left is the network's
-    float rounding: pre- and post-NMS rows equal darknet's to 1e-4."""
+    float rounding: pre- and post-NMS rows equal darknet's within the end-to-end rule
+    of the same network (yolov3-tiny, pjreddie) in the manifest; the decoding after the
+    heads is element-wise (logistic, exp, a scale), so it carries that relative error over."""
     entry = next(im for im in manifest["real"]["images"] if im["key"] == key)
+    tol = manifest["cases"]["pj_yolov3-tiny_narrow8"]["tolerances"]["recommended"][
+        "end_to_end_relative_to_layer_max_abs"]
     z = np.load(conformance / entry["arrays"])
     det = Detector(real_model, nms=0)
     image = z["image_uint8_hwc"]
     x = torch.stack([det_prepare(image, det)])
+    # letterbox: a bilinear resize of values in [0, 1], a few float32 operations per value
+    # (< 8 ulp of 1.0 = 4.8e-7)
     assert float((x[0] - torch.from_numpy(z["letterbox"])).abs().max()) <= 1e-6
     with torch.inference_mode():
         outs = det.model(x)
     for t in ("10", "25", "50"):
         pre = det.post.with_(thresh=int(t) / 100)(outs, [(image.shape[1], image.shape[0])])[0]
-        assert_rows(pre.rows(), z[f"dets_t{t}_pre"], f"{key} t{t} pre", rtol=1e-4)
+        assert_rows(pre.rows(), z[f"dets_t{t}_pre"], f"{key} t{t} pre", rtol=tol)
         post = nms_sort(pre, 0.45)
-        assert_rows(post.rows(), z[f"dets_t{t}_nms"], f"{key} t{t} nms", rtol=1e-4)
+        assert_rows(post.rows(), z[f"dets_t{t}_nms"], f"{key} t{t} nms", rtol=tol)
 
 
 def det_prepare(image, det):
@@ -319,7 +325,9 @@ FUSE_CASES = [n for n in ("pj_yolov3-tiny_narrow8", "pj_yolov2-tiny_narrow8", "p
 @pytest.mark.parametrize("name", FUSE_CASES)
 def test_fused_equals_unfused(conformance, manifest, name):
     """Every folded convolution equals conv + BN on the same input to 1e-5
-    (relative to the layer's max); whole networks to 1e-5 where rounding is
+    (relative to the layer's max: folding changes the rounding of one float32 dot
+    product of K <= 4608 terms, about sqrt(K) * 2**-24 = 4e-6 of its scale); whole
+    networks to 1e-5 where rounding is
     not amplified (the deep random AlexeyAB mish networks amplify any ulp change,
     see the case's end-to-end tolerance)."""
     case = manifest["cases"][name]
@@ -358,10 +366,13 @@ def test_fused_equals_unfused(conformance, manifest, name):
 def test_fused_official_weights(real_model, conformance, manifest):
     z = np.load(conformance / manifest["real"]["images"][3]["arrays"])
     x = torch.from_numpy(z["letterbox"])[None]
+    tol = manifest["cases"]["pj_yolov3-tiny_narrow8"]["tolerances"]["recommended"][
+        "end_to_end_relative_to_layer_max_abs"]   # the same network's end-to-end rule
     with torch.inference_mode():
         outs = inference_model(real_model)(x)
     for o, k in zip(outs, ("out_016", "out_023")):
-        assert float((o - torch.from_numpy(z[k])).abs().max()) <= 1e-4
+        ref = torch.from_numpy(z[k])
+        assert float((o - ref).abs().max()) <= tol * max(1.0, float(ref.abs().max()))
 
 
 # --------------------------------------------------- worked by hand

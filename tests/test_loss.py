@@ -78,12 +78,27 @@ def _targets(z, layer: dict, head, case: dict) -> torch.Tensor:
     return truth_buffer_to_targets(buf, floats)
 
 
-def _check(grad: np.ndarray, delta: np.ndarray, what: str):
-    tol = 1e-5 * max(1.0, float(np.abs(delta).max()))
-    diff = np.abs(grad.reshape(delta.shape) + delta)
+def delta_tolerance(case: dict) -> dict:
+    """The manifest's ``deltas_teacher_forced`` rule of the case: ``atol``, ``rtol``
+    (element-wise, the atol relative to max(1, max|delta|)); the cost uses ``rtol``."""
+    return case["tolerances"]["recommended"]["deltas_teacher_forced"]
+
+
+#: against our float64 loop transcription of the C code (``ref_yolo`` and friends): each
+#: delta is a handful (< 20) of float32 operations on O(1) values, so float32 rounding
+#: leaves it within 20 * 2**-24 = 1.2e-6 of the float64 value; darknet's own delta rule
+#: (1e-5, the manifest's deltas_teacher_forced) holds with room to spare
+LOOP_REFERENCE = {"atol": 1e-5, "rtol": 1e-5}
+
+
+def _check(grad: np.ndarray, delta: np.ndarray, what: str, case: dict | None = None):
+    t = delta_tolerance(case) if case is not None else LOOP_REFERENCE
+    tol = t["atol"] * max(1.0, float(np.abs(delta).max()))
+    diff = np.abs(grad.reshape(delta.shape) + delta) - t["rtol"] * np.abs(delta)
     k = int(diff.argmax())
-    assert diff.max() <= tol, (f"{what}: |grad + delta| = {diff.max():.3g} > {tol:.3g} at flat index {k} "
-                               f"(grad {grad.reshape(-1)[k]:.6g}, delta {delta.reshape(-1)[k]:.6g})")
+    assert diff.max() <= tol, (f"{what}: |grad + delta| - rtol*|delta| = {diff.max():.3g} > {tol:.3g} "
+                               f"at flat index {k} (grad {grad.reshape(-1)[k]:.6g}, "
+                               f"delta {delta.reshape(-1)[k]:.6g})")
 
 
 # --------------------------------------------------------- conformance data
@@ -99,9 +114,10 @@ def test_gradient_is_minus_darknet_delta(conformance, manifest, name, index, key
     x = _head_input(z, layer, head).requires_grad_(True)
     loss, stats = head.loss(x, _targets(z, layer, head, case), (net.height, net.width))
     loss.backward()
-    _check(x.grad.numpy(), z[key], f"{name} layer {index}")
-    assert stats["cost"] == pytest.approx(d["cost"], rel=1e-5)
-    assert loss.item() == pytest.approx(d["cost"], rel=1e-5)
+    _check(x.grad.numpy(), z[key], f"{name} layer {index}", case)
+    rtol = delta_tolerance(case)["rtol"]
+    assert stats["cost"] == pytest.approx(d["cost"], rel=rtol)
+    assert loss.item() == pytest.approx(d["cost"], rel=rtol)
 
 
 @pytest.mark.parametrize("name,index", _trainfwd_cases())
@@ -115,9 +131,9 @@ def test_training_forward_deltas(conformance, manifest, name, index):
     x = torch.from_numpy(z[f"trainfwd_out_{head.sources[0]:03d}"].copy()).requires_grad_(True)
     loss, stats = head.loss(x, _targets(z, layer, head, case), (net.height, net.width))
     loss.backward()
-    _check(x.grad.numpy(), z[f"trainfwd_delta_{index:03d}"], f"{name} trainfwd {index}")
+    _check(x.grad.numpy(), z[f"trainfwd_delta_{index:03d}"], f"{name} trainfwd {index}", case)
     cost = next(t["cost"] for t in case["trainfwd"] if t["layer"] == index)
-    assert stats["cost"] == pytest.approx(cost, rel=1e-5)
+    assert stats["cost"] == pytest.approx(cost, rel=delta_tolerance(case)["rtol"])
 
 
 def test_network_loss_sums_the_heads(conformance, manifest):
@@ -134,10 +150,10 @@ def test_network_loss_sums_the_heads(conformance, manifest):
         costs += layer["deltas"][0]["cost"]
     total, stats = net.loss(xs, targets)
     total.backward()
-    assert total.item() == pytest.approx(costs, rel=1e-5)
+    assert total.item() == pytest.approx(costs, rel=delta_tolerance(case)["rtol"])
     assert [s["layer"] for s in stats] == net.heads
     for i, x in zip(net.heads, xs):
-        _check(x.grad.numpy(), z[f"delta_{i:03d}_seen0"], f"head {i}")
+        _check(x.grad.numpy(), z[f"delta_{i:03d}_seen0"], f"head {i}", case)
 
 
 def test_truth_buffers_round_trip(conformance, manifest):
