@@ -22,7 +22,7 @@ import torch
 from darknet_py import CfgError, DataError, Darknet, Trainer, UnsupportedLayerError, parse_cfg
 from darknet_py.train import DarknetBatchNorm
 from darknet_py.train.update import DECAYED, darknet_update_
-from tests.conftest import manifest_or_empty
+from tests.conftest import manifest_or_empty, skip_absent
 
 f32 = np.float32
 MANIFEST = manifest_or_empty()
@@ -239,7 +239,7 @@ def test_pre_update_buffers_of_updates_2_and_3(trajectory):
     layer 0), torch sums pairwise; at update 3 that rounding shows in the first
     layers (4.2e-4 measured).  The next test proves it by summing darknet's way."""
     if GRAD23_CASE not in TRAIN:
-        pytest.skip("case not in the conformance data")
+        skip_absent(f"train_cases/cases/{GRAD23_CASE}")
     tr = trajectory(GRAD23_CASE)
     tol = tr.case["recommended_tolerances"]["grad1"]
     errs2 = _grad_errors(tr.pre_update[2], tr.case, tr.z, 2)
@@ -295,7 +295,7 @@ class _SequentialSumBN(torch.autograd.Function):
 
 def test_update_3_gradients_match_with_darknets_float_sums(conformance):
     if GRAD23_CASE not in TRAIN:
-        pytest.skip("case not in the conformance data")
+        skip_absent(f"train_cases/cases/{GRAD23_CASE}")
     case = TRAIN[GRAD23_CASE]
     model, z = load_case(conformance, case)
     trainer = Trainer(model)
@@ -424,7 +424,7 @@ def test_autograd_mode_is_documented_off_by_more_than_the_tolerance(conformance)
     contributions darknet loses); it is measurably not darknet's gradient."""
     name = "train_pj_yolov3-tiny_narrow8"
     if name not in TRAIN:
-        pytest.skip("case not in the conformance data")
+        skip_absent(f"train_cases/cases/{name}")
     case = TRAIN[name]
     errs = {}
     for mode in ("exact", "autograd"):
@@ -489,7 +489,7 @@ def test_resume_from_state_dict_is_bit_identical(conformance):
     (AlexeyAB: the state includes the deltas darknet never clears.)"""
     name = "train_ab_yolov4-tiny_narrow8_bnbiasgrad"
     if name not in TRAIN:
-        pytest.skip("case not in the conformance data")
+        skip_absent(f"train_cases/cases/{name}")
     case = TRAIN[name]
     runs = {}
     for how in ("straight", "resumed"):
