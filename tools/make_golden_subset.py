@@ -42,6 +42,7 @@ script makes from ../shared/conformance, whenever ../shared is present.
 
     python tools/make_golden_subset.py                    # ../shared/conformance -> tests/golden_data
     python tools/make_golden_subset.py --source DIR --out DIR
+    python tools/make_golden_subset.py --list             # what is taken and why, nothing written
 """
 from __future__ import annotations
 
@@ -165,19 +166,24 @@ def plan(source: Path, manifest: dict) -> tuple[dict, dict[str, str], dict[str, 
     if len(sub["real"]["images"]) != len(PHOTOS):
         raise SubsetError(f"the source manifest lacks a photo of {', '.join(PHOTOS)}")
 
-    files: dict[str, str] = {}
+    files: dict[str, str] = {}          # the first reason to take a file is the one given
     for group, why in (("cases", CASES), ("decode_cases", DECODE_CASES)):
         for name, entry in sub[group].items():
-            files.update({f: f"{group}/{name}: {why[name]}" for f in _case_files(entry)})
+            for f in _case_files(entry):
+                files.setdefault(f, f"{group}/{name}: {why[name]}")
     for name, entry in sub["train_cases"]["cases"].items():
-        files.update({f: f"train_cases/{name}: {TRAIN_CASES[name]}" for f in _case_files(entry)})
+        for f in _case_files(entry):
+            files.setdefault(f, f"train_cases/{name}: {TRAIN_CASES[name]}")
     for folder, why in FOLDERS.items():
-        files.update({p.relative_to(source).as_posix(): why
-                      for p in sorted((source / folder).rglob("*")) if p.is_file()})
-    files.update({real[k]: f"real/{k} of the official yolov3-tiny case" for k in REAL_FILES})
+        for p in sorted((source / folder).rglob("*")):
+            if p.is_file():
+                files.setdefault(p.relative_to(source).as_posix(), why)
+    for k in REAL_FILES:
+        files.setdefault(real[k], f"real/{k} of the official yolov3-tiny case")
     photos: dict[str, tuple[str, ...]] = {}
     for im in sub["real"]["images"]:
-        files[f"{Path(real['cfg']).parent.as_posix()}/{im['file']}"] = f"photo {im['key']}: {PHOTOS[im['key']]}"
+        photo = f"{Path(real['cfg']).parent.as_posix()}/{im['file']}"
+        files.setdefault(photo, f"photo {im['key']}: {PHOTOS[im['key']]}")
         photos[im["arrays"]] = tuple(f"{k}.npy" for k in PHOTO_ARRAYS)
     for rel in files:
         if not (source / rel).is_file():
@@ -218,12 +224,31 @@ def plan(source: Path, manifest: dict) -> tuple[dict, dict[str, str], dict[str, 
     return sub, files, photos
 
 
+def _is_subset(folder: Path) -> bool:
+    """Only a folder this script wrote is ever replaced (never the full data)."""
+    try:
+        with open(folder / "manifest.json") as fh:
+            return "subset" in json.load(fh)
+    except (OSError, ValueError):
+        return False
+
+
+def list_subset(source: Path) -> None:
+    """Print every file the subset takes, its size and why."""
+    with open(source / "manifest.json") as fh:
+        _, files, photos = plan(source, json.load(fh))
+    for rel, why in sorted(files.items()):
+        print(f"{(source / rel).stat().st_size:>10}  {rel}  -- {why}")
+    for rel, keep in sorted(photos.items()):
+        print(f"{'':>10}  {rel}  -- only {', '.join(k[:-4] for k in keep)} (the rest needs the weights)")
+
+
 def write_subset(source: Path, out: Path) -> int:
     """Write the subset of ``source`` to ``out`` (replaced); returns its size in bytes."""
     with open(source / "manifest.json") as fh:
         manifest = json.load(fh)
     sub, files, photos = plan(source, manifest)
-    if out.exists() and not (out / "manifest.json").is_file():
+    if out.exists() and not _is_subset(out):
         raise SubsetError(f"{out} exists and is not a golden subset; not replacing it")
     tmp = out.with_name(out.name + ".part")
     if tmp.exists():
@@ -250,8 +275,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="the full conformance folder")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the subset is written (replaced)")
+    ap.add_argument("--list", action="store_true", help="print what is taken and why; write nothing")
     args = ap.parse_args(argv)
     try:
+        if args.list:
+            list_subset(args.source)
+            return 0
         size = write_subset(args.source, args.out)
     except (SubsetError, OSError, KeyError) as exc:
         print(f"make_golden_subset: {exc}", file=sys.stderr)
