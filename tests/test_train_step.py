@@ -22,7 +22,7 @@ import torch
 from darknet_py import CfgError, DataError, Darknet, Trainer, UnsupportedLayerError, parse_cfg
 from darknet_py.train import DarknetBatchNorm
 from darknet_py.train.update import DECAYED, darknet_update_
-from tests.conftest import manifest_or_empty
+from tests.conftest import manifest_or_empty, skip_absent
 
 f32 = np.float32
 MANIFEST = manifest_or_empty()
@@ -237,7 +237,7 @@ def test_pre_update_buffers_of_updates_2_and_3(trajectory):
     tolerance.  This needs darknet's order of the BN sums (darknet_order): with torch's
     pairwise sums update 3 was 4.2e-4 off here, beyond the tolerance."""
     if GRAD23_CASE not in TRAIN:
-        pytest.skip("case not in the conformance data")
+        skip_absent(f"train_cases/cases/{GRAD23_CASE}")
     tr = trajectory(GRAD23_CASE)
     tol = tr.case["recommended_tolerances"]["grad1"]
     for step in (2, 3):
@@ -453,7 +453,7 @@ def test_autograd_mode_is_documented_off_by_more_than_the_tolerance(conformance)
     contributions darknet loses); it is measurably not darknet's gradient."""
     name = "train_pj_yolov3-tiny_narrow8"
     if name not in TRAIN:
-        pytest.skip("case not in the conformance data")
+        skip_absent(f"train_cases/cases/{name}")
     case = TRAIN[name]
     errs = {}
     for mode in ("exact", "autograd"):
@@ -518,7 +518,7 @@ def test_resume_from_state_dict_is_bit_identical(conformance):
     (AlexeyAB: the state includes the deltas darknet never clears.)"""
     name = "train_ab_yolov4-tiny_narrow8_bnbiasgrad"
     if name not in TRAIN:
-        pytest.skip("case not in the conformance data")
+        skip_absent(f"train_cases/cases/{name}")
     case = TRAIN[name]
     runs = {}
     for how in ("straight", "resumed"):
