@@ -34,8 +34,9 @@ from ...postprocess import DecodeContext, Detections, F32, F64, anchors64, corre
 from .base import register_head
 from .delta import delta_loss, f32, log_f, ratio, split_head_input, stats_dict
 from .targets import Assignments, BestTruths, Truths, TruthStats, best_truths
-from .yolo import (CLASS_MATCH, Yolo, YoloGrid, YoloParams, assign_truths_to_anchors,
-                   objectness_candidates, read_truths, read_yolo_params, smooth_label, yolo_grid)
+from .yolo import Yolo, YoloParams, objectness_candidates, read_yolo_params
+from .yolo_targets import (CLASS_MATCH, YoloGrid, assign_truths_to_anchors, read_truths, smooth_label,
+                           yolo_grid)
 
 SIGMA_CONST = f32(0.3)
 EPSI = f32(1e-9)
