@@ -12,7 +12,7 @@ written anywhere else.
 from __future__ import annotations
 
 import abc
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from torch import Tensor
 
@@ -20,6 +20,9 @@ from ...builder import BuildContext, register
 from ...cfg import Section
 from ...errors import UnsupportedLayerError
 from ..base import DarknetLayer
+
+if TYPE_CHECKING:
+    from ...postprocess import DecodeContext, Detections
 
 #: section type -> head class, in registration order (yolo, Gaussian_yolo, region, detection)
 HEAD_CLASSES: dict[str, type["Head"]] = {}
@@ -140,10 +143,10 @@ class Head(DarknetLayer, metaclass=abc.ABCMeta):
         """
 
     @abc.abstractmethod
-    def decode(self, out: Tensor, ctx: Any) -> Any:
+    def decode(self, out: Tensor, ctx: DecodeContext) -> Detections:
         """darknet's detections of one image: ``out`` is this head's eval output for
-        it (``Tensor[C, H, W]``), ``ctx`` a :class:`~darknet_py.postprocess.DecodeContext`;
-        returns :class:`~darknet_py.postprocess.Detections` in darknet's order."""
+        it (``Tensor[C, H, W]``, ``[outputs]`` for [detection]); the
+        :class:`~darknet_py.postprocess.Detections` in darknet's array order."""
 
     def traceable_decode(self, y: Tensor, net_hw: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
         """Eval output ``y`` Tensor[N, C, H, W] -> (boxes [N, K, 4], objectness [N, K],

@@ -198,7 +198,7 @@ def responsible_deltas(p: GaussianParams, g: YoloGrid, out: Tensor, D: Tensor, t
     deltas for their best truth (in place on ``D [S, K]``)."""
     if not resp.numel():
         return
-    t = best.truth[resp]
+    t = best.truth_of(resp)
     c = tr.cls[t]
     mult = g.multipliers(c)
     o = out[resp]

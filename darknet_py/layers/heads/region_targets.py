@@ -277,7 +277,7 @@ def classfix_deltas(p: RegionParams, g: RegionGrid, D: Tensor, tr: Truths, best:
     fixed = torch.nonzero(best.iou > p.thresh).flatten()
     if not fixed.numel():
         return 0
-    t = best.truth[fixed]
+    t = best.truth_of(fixed)
     out = g.out
     sc = p.class_scale * (out[fixed, 4] if p.classfix == 2 else 1.0)
     sc = torch.as_tensor(sc, device=g.device).reshape(-1, 1)

@@ -297,20 +297,25 @@ def order_in_slot(slot: Tensor, key: Tensor) -> Tensor:
 # ---------------------------------------------------------- shared records
 @dataclass
 class BestTruths:
-    """Per prediction (``Tensor[S]``): the best IoU with a truth of its image and
-    that truth's row in the :class:`Truths` (meaningful where ``iou > 0``)."""
+    """Per prediction (flat index ``s``, ``per_image`` of them per image): the best
+    IoU with a truth of its image (``iou [S]``) and that truth's position among
+    the image's truths (``pos [S]``; meaningful where ``iou > 0``)."""
 
     iou: Tensor
-    truth: Tensor
+    pos: Tensor
+    index: Tensor          # [N, T] row in the Truths of each (image, position)
+    per_image: int
+
+    def truth_of(self, slots: Tensor) -> Tensor:
+        """The row in the :class:`Truths` of the best truth of each prediction in ``slots``."""
+        return self.index[slots // self.per_image, self.pos[slots]]
 
 
 def best_truths(pred: Tensor, tr: Truths, N: int, dialect: str) -> BestTruths:
     """For each prediction box ``pred [N, P, 4]``, its best-overlapping truth."""
     tb, tv, tidx = pad_by_image(tr, N)
     best_iou, best_pos = best_truth_per_prediction(pred, tb, tv, dialect)
-    P = pred.shape[1]
-    img = torch.arange(N, device=pred.device).repeat_interleave(P)
-    return BestTruths(best_iou.reshape(-1), tidx[img, best_pos.reshape(-1)])
+    return BestTruths(best_iou.reshape(-1), best_pos.reshape(-1), tidx, pred.shape[1])
 
 
 @dataclass

@@ -390,7 +390,7 @@ def responsible_deltas(p: YoloParams, g: YoloGrid, tr: Truths, best: BestTruths,
     ``objectness_smooth``: towards IoU^2), class and box deltas.  In place."""
     if not resp.numel():
         return
-    t = best.truth[resp]
+    t = best.truth_of(resp)
     c = tr.cls[t]
     mult = g.multipliers(c)
     o = touched.output(resp)
