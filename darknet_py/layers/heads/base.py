@@ -20,6 +20,7 @@ from ...builder import BuildContext, register
 from ...cfg import Section
 from ...errors import UnsupportedLayerError
 from ..base import DarknetLayer
+from .delta import DeltaResult
 
 if TYPE_CHECKING:
     from ...postprocess import DecodeContext, Detections
@@ -131,7 +132,7 @@ class Head(DarknetLayer, metaclass=abc.ABCMeta):
         """The eval-mode output (darknet's ``l.output``) of the input ``x``."""
 
     @abc.abstractmethod
-    def delta(self, x: Tensor, targets: Tensor, input_hw: tuple[int, int]) -> tuple[Tensor, Tensor, dict[str, Any]]:
+    def delta(self, x: Tensor, targets: Tensor, input_hw: tuple[int, int]) -> DeltaResult:
         """darknet's ``l.delta`` (``x``'s shape), its cost and the stats darknet prints."""
 
     @abc.abstractmethod

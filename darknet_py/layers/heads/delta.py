@@ -23,6 +23,10 @@ from torch import Tensor
 from ...errors import DataError
 
 
+#: ``(delta, cost, stats)``: darknet's ``l.delta`` of a head, the cost it reports, its printed stats
+DeltaResult = tuple[Tensor, Tensor, dict[str, Any]]
+
+
 def f32(value: float) -> float:
     """``value`` rounded to float32, as darknet stores every cfg number."""
     return float(np.float32(value))

@@ -36,7 +36,7 @@ from ...cfg import Section
 from ...errors import DataError, UnsupportedLayerError
 from ...postprocess import DecodeContext, Detections, F32, F64, as_f32, class_probs, grid_cells
 from .base import DialectParams, Head, check_channels, register_head, where_of
-from .delta import delta_loss, f32, logistic_gradient, ratio, sqrt_f, stats_dict
+from .delta import DeltaResult, delta_loss, f32, logistic_gradient, ratio, sqrt_f, stats_dict
 from .targets import targets_to_detection_truth
 
 #: below this ``seen`` pjreddie's ``random=1`` chooses the responsible box at random
@@ -139,52 +139,82 @@ def responsible_boxes(p: DetectionParams, o: Outputs, t_box: Tensor, is_obj: Ten
     return best, iou
 
 
-def detection_delta(p: DetectionParams, o: Outputs, truth_grid: Tensor) -> tuple[Tensor, Tensor, dict[str, Any]]:
-    """darknet's ``l.delta`` of a [detection] head (flat ``Tensor[N, outputs]``) from
-    the split outputs and darknet's truth buffer ``truth_grid``
-    (``Tensor[N, side*side*(1+classes+4)]``): ``(delta, cost, stats)``."""
+@dataclass
+class TruthGrid:
+    """darknet's [detection] truth buffer split per cell: ``is_obj [N, L]``,
+    ``cls [N, L, C]`` one-hot, ``box [N, L, 4]`` (x, y in the cell)."""
+
+    is_obj: Tensor
+    cls: Tensor
+    box: Tensor
+
+
+def read_truth_grid(p: DetectionParams, truth_grid: Tensor, o: Outputs) -> TruthGrid:
     N, L, C = o.cls.shape[0], p.side * p.side, p.classes
     tg = truth_grid.to(o.cls.device).float().reshape(N, L, 1 + C + 4)
-    is_obj = tg[:, :, 0].long() != 0                                   # C's (int) of the float
-    t_cls = tg[:, :, 1:1 + C]
-    t_box = tg[:, :, 1 + C:]
+    return TruthGrid(tg[:, :, 0].long() != 0, tg[:, :, 1:1 + C], tg[:, :, 1 + C:])  # is_obj: C's (int)
 
-    # every confidence towards 0
-    d_cls = torch.zeros_like(o.cls)
-    d_conf = p.noobject_scale * (0 - o.conf)
-    d_box = torch.zeros_like(o.box)
-    cost_ab = (p.noobject_scale * o.conf * o.conf).sum()
 
-    # the truth cells: class deltas, and the responsible box's confidence and box deltas
-    best, iou = responsible_boxes(p, o, t_box, is_obj)
-    cell = torch.nonzero(is_obj, as_tuple=True)
+@dataclass
+class Responsible:
+    """The truth cells (``cell``: (image, cell) index tensors), the box responsible
+    in each (``k``) and that box's confidence and IoU with the truth."""
+
+    cell: tuple[Tensor, Tensor]
+    k: Tensor
+    conf: Tensor
+    iou: Tensor
+
+
+def truth_cell_deltas(p: DetectionParams, o: Outputs, t: TruthGrid, d_cls: Tensor, d_conf: Tensor,
+                      d_box: Tensor) -> Responsible:
+    """Class deltas of every truth cell, confidence (towards 1, ``rescore``: IoU) and
+    box deltas of its responsible box; in place on the delta tensors."""
+    best, iou = responsible_boxes(p, o, t.box, t.is_obj)
+    cell = torch.nonzero(t.is_obj, as_tuple=True)
     k = best[cell]
-    b_conf = o.conf[cell[0], cell[1], k]
-    b_iou = iou[cell[0], cell[1], k]
-    d_cls[cell] = p.class_scale * (t_cls[cell] - o.cls[cell])
-    target = b_iou if p.rescore else torch.ones_like(b_conf)
-    d_conf[cell[0], cell[1], k] = p.object_scale * (target - b_conf)
-    tbx = t_box[cell].clone()
+    r = Responsible(cell, k, o.conf[cell[0], cell[1], k], iou[cell[0], cell[1], k])
+    d_cls[cell] = p.class_scale * (t.cls[cell] - o.cls[cell])
+    target = r.iou if p.rescore else torch.ones_like(r.conf)
+    d_conf[cell[0], cell[1], k] = p.object_scale * (target - r.conf)
+    tbx = t.box[cell].clone()
     if p.sqrt:
         tbx[:, 2:] = sqrt_f(tbx[:, 2:])
     d_box[cell[0], cell[1], k] = p.coord_scale * (tbx - o.box[cell[0], cell[1], k])
+    return r
+
+
+def detection_cost(p: DetectionParams, o: Outputs, t: TruthGrid, r: Responsible, delta: Tensor) -> Tensor:
+    """pjreddie: ``sum(delta^2)``; AlexeyAB: the older running sum."""
+    if not p.ab:
+        return (delta * delta).sum()
+    return ((p.noobject_scale * o.conf * o.conf).sum()
+            + (p.class_scale * (t.cls[r.cell] - o.cls[r.cell]) ** 2).sum()
+            - (p.noobject_scale * r.conf * r.conf).sum()
+            + (p.object_scale * (1 - r.conf) ** 2).sum() + ((1 - r.iou) ** 2).sum())
+
+
+def detection_delta(p: DetectionParams, o: Outputs, truth_grid: Tensor) -> DeltaResult:
+    """darknet's ``l.delta`` of a [detection] head (flat ``Tensor[N, outputs]``) from
+    the split outputs and darknet's truth buffer ``truth_grid``
+    (``Tensor[N, side*side*(1+classes+4)]``): ``(delta, cost, stats)``."""
+    t = read_truth_grid(p, truth_grid, o)
+    d_cls = torch.zeros_like(o.cls)
+    d_conf = p.noobject_scale * (0 - o.conf)              # every confidence towards 0
+    d_box = torch.zeros_like(o.box)
+    r = truth_cell_deltas(p, o, t, d_cls, d_conf, d_box)
     if p.ab and p.softmax:
         d_conf = d_conf * logistic_gradient(o.conf)
         d_box = d_box * logistic_gradient(o.box)
+    N = o.cls.shape[0]
     delta = torch.cat([d_cls.reshape(N, -1), d_conf.reshape(N, -1), d_box.reshape(N, -1)], 1)
-
-    if p.ab:  # the older running sum
-        cost = (cost_ab + (p.class_scale * (t_cls[cell] - o.cls[cell]) ** 2).sum()
-                - (p.noobject_scale * b_conf * b_conf).sum()
-                + (p.object_scale * (1 - b_conf) ** 2).sum() + ((1 - b_iou) ** 2).sum())
-    else:
-        cost = (delta * delta).sum()
-    count = int(k.numel())
-    stats = stats_dict(avg_iou=ratio(float(b_iou.sum()), count),
-                       cls=ratio(float((o.cls[cell] * (t_cls[cell] != 0)).sum()), count),
-                       obj=ratio(float(b_conf.sum()), count), no_obj=float(o.conf.mean()),
-                       recall50=ratio(int((b_iou > 0.5).sum()), count),
-                       recall75=ratio(int((b_iou > 0.75).sum()), count),
+    cost = detection_cost(p, o, t, r, delta)
+    count = int(r.k.numel())
+    stats = stats_dict(avg_iou=ratio(float(r.iou.sum()), count),
+                       cls=ratio(float((o.cls[r.cell] * (t.cls[r.cell] != 0)).sum()), count),
+                       obj=ratio(float(r.conf.sum()), count), no_obj=float(o.conf.mean()),
+                       recall50=ratio(int((r.iou > 0.5).sum()), count),
+                       recall75=ratio(int((r.iou > 0.75).sum()), count),
                        count=count, cost=float(cost))
     return delta, cost, stats
 

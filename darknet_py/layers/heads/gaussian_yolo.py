@@ -32,7 +32,7 @@ from ...boxes import box_giou_cxcywh, box_iou_cxcywh, dx_box_iou_cxcywh
 from ...cfg import Section
 from ...postprocess import DecodeContext, Detections, F32, F64, anchors64, correct_boxes_pjreddie
 from .base import register_head
-from .delta import delta_loss, f32, log_f, ratio, split_head_input, stats_dict
+from .delta import DeltaResult, delta_loss, f32, log_f, ratio, split_head_input, stats_dict
 from .targets import Assignments, BestTruths, Truths, TruthStats, best_truths
 from .yolo import Yolo, YoloParams, objectness_candidates, read_yolo_params
 from .yolo_targets import (CLASS_MATCH, YoloGrid, assign_truths_to_anchors, read_truths, smooth_label,
@@ -279,8 +279,11 @@ def decode_gaussian_yolo(p: GaussianParams, out: Tensor, ctx: DecodeContext) -> 
         bx[:, 2] = (np.exp(sel[:, 4].astype(F64)) * anchors[:, 0] / ctx.net_w).astype(F32)
         bx[:, 3] = (np.exp(sel[:, 6].astype(F64)) * anchors[:, 1] / ctx.net_h).astype(F32)
     shift = F32(POINT_SHIFT[p.yolo_point])
-    bx[:, 0] = (found.col + sel[:, 0]) / F32(w) + shift * bx[:, 2] if shift else (found.col + sel[:, 0]) / F32(w)
-    bx[:, 1] = (found.row + sel[:, 2]) / F32(h) + shift * bx[:, 3] if shift else (found.row + sel[:, 2]) / F32(h)
+    bx[:, 0] = (found.col + sel[:, 0]) / F32(w)
+    bx[:, 1] = (found.row + sel[:, 2]) / F32(h)
+    if shift:  # the decoded point is a corner: move it to the centre
+        bx[:, 0] = bx[:, 0] + shift * bx[:, 2]
+        bx[:, 1] = bx[:, 1] + shift * bx[:, 3]
     obj = sel[:, OBJ]
     uc_sum = ((sel[:, 1] + sel[:, 3]) + sel[:, 5]) + sel[:, 7]
     scale = 1.0 - uc_sum.astype(F64) / 4.0
@@ -320,7 +323,7 @@ class GaussianYolo(Yolo):
             y[:, :, [0, 2]] = xy
         return y.reshape(n, c, h, w)
 
-    def delta(self, x: Tensor, targets: Tensor, input_hw: tuple[int, int]) -> tuple[Tensor, Tensor, dict[str, Any]]:
+    def delta(self, x: Tensor, targets: Tensor, input_hw: tuple[int, int]) -> DeltaResult:
         """darknet's ``l.delta``: ``(delta [N, C, H, W], cost, stats)``."""
         split_head_input(x, self.n, self.per_anchor, self.where)
         return gaussian_yolo_delta(self.params, self.activate(x.detach().float()), targets, input_hw)

@@ -26,7 +26,7 @@ from ...tree import (Tree, check_tree_size, group_softmax, hierarchy_predictions
                      hierarchy_top_prediction, last_above, load_class_map, load_tree)
 from ..conv import unsupported
 from .base import DialectParams, Head, check_channels, read_anchors, register_head, where_of
-from .delta import delta_loss, f32, logistic_gradient
+from .delta import DeltaResult, delta_loss, f32, logistic_gradient
 from .region_targets import region_delta
 from .yolo import traceable_anchor_boxes
 
@@ -305,7 +305,7 @@ class Region(Head):
             parts.append(self.activate_classes(v[:, :, co + 1:]))
         return torch.cat(parts, dim=2).view(n, c, h, w)
 
-    def delta(self, x: Tensor, targets: Tensor, input_hw: tuple[int, int]) -> tuple[Tensor, Tensor, dict[str, Any]]:
+    def delta(self, x: Tensor, targets: Tensor, input_hw: tuple[int, int]) -> DeltaResult:
         """darknet's ``l.delta``: ``(delta [N, C, H, W], cost, stats)``."""
         check_loss_supported(self.params, self.section)
         return region_delta(self.params, x, targets, int(self.seen))

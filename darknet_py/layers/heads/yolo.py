@@ -190,7 +190,8 @@ def decode_yolo(p: YoloParams, out: Tensor, ctx: DecodeContext) -> Detections:
 
 
 def traceable_anchor_boxes(y: Tensor, anchors: list[tuple[float, float]], per_anchor: int, coords: int,
-                           size_wh: tuple[int, int] | None, new_coords: bool) -> tuple[Tensor, Tensor, Tensor]:
+                           size_wh: tuple[int, int] | None,
+                           new_coords: bool) -> tuple[Tensor, Tensor, Tensor]:
     """Torch-only box decode shared by [yolo] and [region]: ``y`` Tensor[N, A*P, H, W]
     -> boxes [N, A, H, W, 4], objectness [N, A, H, W], class [N, A, C, H, W].
     Anchor sizes are divided by ``size_wh`` (the network, pixels) or, when None,

@@ -451,7 +451,8 @@ def average_box_deltas(rows: Tensor) -> Tensor:
     n_pos = (rows[:, 5:] > 0).sum(1)
     div = (rows[:, 4] != 0) & (n_pos > 0)
     rows = rows.clone()
-    rows[:, :4] = torch.where(div[:, None], rows[:, :4] / n_pos.clamp(min=1)[:, None].to(rows.dtype), rows[:, :4])
+    per_class = rows[:, :4] / n_pos.clamp(min=1)[:, None].to(rows.dtype)
+    rows[:, :4] = torch.where(div[:, None], per_class, rows[:, :4])
     return rows
 
 
