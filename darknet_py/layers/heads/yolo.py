@@ -233,8 +233,6 @@ class Yolo(Head):
                        f"{len(mask)} masks x ({self.box_entries}+1+{sec['classes']} classes)")
         super().__init__(sec, ctx, ctx.in_shape)
         self.params = self.read_params(sec, ctx.index, ctx.dialect, mask)
-        # the eval forward keeps scale_x_y as parsed (double); the loss uses darknet's float
-        self.scale_x_y = float(sec.get("scale_x_y", 1.0))
 
     @staticmethod
     def read_params(sec: Section, index: int, dialect: str, mask: tuple[int, ...]) -> YoloParams:
@@ -260,6 +258,10 @@ class Yolo(Head):
     @property
     def new_coords(self) -> bool:
         return self.params.new_coords
+
+    @property
+    def scale_x_y(self) -> float:
+        return self.params.scale_x_y
 
     @property
     def per_anchor(self) -> int:
