@@ -7,9 +7,12 @@ see :class:`Region`); in train mode it returns its raw input, which
 owns its typed parameters (``head.params``), ``decode`` (darknet's detections)
 and, for [yolo] and [region], ``traceable_decode`` (decoded-box ONNX export).
 
-Shared pieces: :mod:`.base` (the :class:`Head` base and the registry),
-:mod:`.targets` (darknet's target assignment as pure functions, truth
-buffers), :mod:`.delta` (the autograd functions turning a delta into a loss).
+The training deltas of [yolo] and [region] are long enough to have their own
+modules, :mod:`.yolo_targets` and :mod:`.region_targets` (one function per
+phase of darknet's forward pass).  Shared pieces: :mod:`.base` (the
+:class:`Head` base and the registry), :mod:`.targets` (darknet's target
+assignment as pure functions, truth buffers), :mod:`.delta` (the autograd
+functions turning a delta into a loss).
 """
 from .base import HEAD_CLASSES, Head, is_head, traceable_head_types
 from .yolo import Yolo, YoloParams

@@ -5,7 +5,7 @@ Per anchor the layer predicts ``x, sx, y, sy, w, sw, h, sh, obj, classes``: a
 mean and an uncertainty (logistic) for each box coordinate.  The assignment is
 the [yolo] one of AlexeyAB (ignore_thresh with the 0.25 class rule,
 truth_thresh, best anchor over all anchors, iou_thresh extras; the functions of
-:mod:`.yolo`) with these differences, all from the C code:
+:mod:`.yolo_targets`) with these differences, all from the C code:
 
 * objectness deltas are scaled by ``cls_normalizer`` (not ``obj_normalizer``);
 * the box delta is the gradient of the Gaussian negative log-likelihood of each
