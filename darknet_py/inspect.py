@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from .cfg import Section
+from .layers.heads import is_head
 from .model import Darknet
 from .weights import FileCheck, Header, check_weights, layout
 
@@ -109,21 +110,12 @@ def _reorg(sec: Section, layer) -> tuple[int | None, str, str]:
     return None, f"/{sec['stride']}", "reverse" if sec.get("reverse", 0) else ""
 
 
-def _yolo(sec: Section, layer) -> tuple[int | None, str, str]:
-    return None, "", f"mask {','.join(map(str, layer.mask))} classes {layer.classes}"
-
-
-def _region(sec: Section, layer) -> tuple[int | None, str, str]:
-    return None, "", f"anchors {sec['num']} classes {sec['classes']}"
-
-
-#: section type -> (filters, size/stride text, note) for the table
+#: section type -> (filters, size/stride text, note) for the table (heads: ``summary_columns()``)
 COLUMNS: dict[str, Callable[[Section, object], tuple[int | None, str, str]]] = {
     "convolutional": _conv, "deconvolutional": _conv, "local": _conv,
     "maxpool": _pool, "local_avgpool": _pool, "connected": _connected,
     "route": _route, "shortcut": _from, "scale_channels": _from, "sam": _from,
     "upsample": _upsample, "reorg": _reorg, "reorg3d": _reorg,
-    "yolo": _yolo, "Gaussian_yolo": _yolo, "region": _region, "detection": _region,
 }
 
 
@@ -184,7 +176,10 @@ def inspect(model: Darknet | str | os.PathLike, weights: str | os.PathLike | Non
     for layer, rec in zip(model.module_list, records):
         sec = layer.section
         fn = COLUMNS.get(sec.type)
-        filters, size, note = fn(sec, layer) if fn else (None, "", "")
+        if is_head(layer):
+            filters, size, note = layer.summary_columns()
+        else:
+            filters, size, note = fn(sec, layer) if fn else (None, "", "")
         params = sum(p.numel() for p in layer.parameters(recurse=True))
         rows.append(LayerRow(layer.index, sec.name or sec.type, sec.line, filters, size, note,
                              tuple(layer.in_shape), tuple(layer.out_shape),

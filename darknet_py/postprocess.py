@@ -3,11 +3,10 @@
 This reproduces, step by step and in darknet's float32/float64 arithmetic,
 what ``get_network_boxes`` and ``do_nms_sort`` / ``diounms_sort`` do:
 
-* :data:`DECODERS` maps a head type to the function turning one image's head
-  output (darknet's ``l.output``) into :class:`Detections` in darknet's array
-  order: ``[yolo]`` (pjreddie; AlexeyAB ``scale_x_y`` is in the head output,
-  ``new_coords``), ``[Gaussian_yolo]``, ``[region]`` (the pjreddie and the
-  AlexeyAB variant), ``[detection]`` (yolov1);
+* each head's ``decode(out, ctx)`` (:mod:`darknet_py.layers.heads`) turns one
+  image's head output (darknet's ``l.output``) into :class:`Detections` in
+  darknet's array order, with the helpers of this module (box correction,
+  class probabilities);
 * :data:`CORRECTIONS` maps a dialect to its ``correct_yolo_boxes`` (the box
   back to the original image, for a letterboxed or a plainly resized input);
 * :func:`nms_sort` is ``do_nms_sort`` (per class, stable sort by probability,
@@ -35,7 +34,6 @@ from torch import Tensor
 
 from . import boxes as B
 from .image import letterbox_size
-from .tree import Tree, hierarchy_predictions, hierarchy_top_prediction, last_above
 
 F32 = np.float32
 F64 = np.float64
@@ -147,29 +145,29 @@ class DecodeContext:
     relative: bool = True
 
 
-# ------------------------------------------------------------------ helpers
-def _f32(t: Tensor) -> np.ndarray:
+# ------------------------------------------------- helpers (the heads' decode uses them)
+def as_f32(t: Tensor) -> np.ndarray:
     return t.detach().to("cpu", torch.float32).numpy()
 
 
-def _logistic_f32(x: np.ndarray) -> np.ndarray:
+def logistic_f32(x: np.ndarray) -> np.ndarray:
     """``1.f / (1.f + expf(-x))`` (AlexeyAB's float logistic)."""
     with np.errstate(over="ignore"):
         return (F32(1) / (F32(1) + np.exp(-x.astype(F32)))).astype(F32)
 
 
-def _anchors64(anchors) -> np.ndarray:
+def anchors64(anchors) -> np.ndarray:
     """``[n, 2]`` anchors as darknet holds them (float32), widened to double."""
     return np.asarray(anchors, dtype=F32).reshape(-1, 2).astype(F64)
 
 
-def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+def grid_cells(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     """(col, row) float32 of every location ``i = row * w + col``."""
     loc = np.arange(h * w)
     return (loc % w).astype(F32), (loc // w).astype(F32)
 
 
-def _class_probs(obj: np.ndarray, p: np.ndarray, thresh: np.float32) -> np.ndarray:
+def class_probs(obj: np.ndarray, p: np.ndarray, thresh: np.float32) -> np.ndarray:
     """``prob = obj * p`` in float; kept where > thresh, else 0."""
     prob = (obj[:, None] * p).astype(F32)
     return np.where(prob > thresh, prob, F32(0)).astype(F32)
@@ -221,203 +219,6 @@ CORRECTIONS: dict[str, Callable[[np.ndarray, DecodeContext], np.ndarray]] = {
 }
 
 
-# ------------------------------------------------------------------ decoders
-def decode_yolo(head, out: Tensor, ctx: DecodeContext) -> Detections:
-    """``get_yolo_detections`` for one image: ``out`` is the head's ``Tensor[C, H, W]``."""
-    c, h, w = out.shape
-    n, per = head.n, head.per_anchor
-    thresh = F32(ctx.thresh)
-    v = out.reshape(n, per, h * w)
-    obj_t = v[:, 4, :].t().reshape(-1)  # location-major, then anchor: darknet's loop order
-    keep = torch.nonzero(obj_t > float(thresh)).flatten()
-    if keep.numel() == 0:
-        return Detections.empty(head.classes)
-    sel = v.permute(2, 0, 1).reshape(h * w * n, per)[keep]  # [K, per]
-    sel = _f32(sel)
-    keep_np = keep.cpu().numpy()
-    loc, a = keep_np // n, keep_np % n
-    col, row = (loc % w).astype(F32), (loc // w).astype(F32)
-    anchors = _anchors64(head.anchors)[np.asarray(head.mask)[a]]
-    bx = np.empty((len(keep_np), 4), F32)
-    bx[:, 0] = (col + sel[:, 0]) / F32(w)
-    bx[:, 1] = (row + sel[:, 1]) / F32(h)
-    if getattr(head, "new_coords", 0):
-        a32 = anchors.astype(F32)
-        bx[:, 2] = sel[:, 2] * sel[:, 2] * F32(4) * a32[:, 0] / F32(ctx.net_w)
-        bx[:, 3] = sel[:, 3] * sel[:, 3] * F32(4) * a32[:, 1] / F32(ctx.net_h)
-    else:
-        with np.errstate(over="ignore"):
-            bx[:, 2] = (np.exp(sel[:, 2].astype(F64)) * anchors[:, 0] / ctx.net_w).astype(F32)
-            bx[:, 3] = (np.exp(sel[:, 3].astype(F64)) * anchors[:, 1] / ctx.net_h).astype(F32)
-    obj = sel[:, 4]
-    prob = _class_probs(obj, sel[:, 5:], thresh)
-    boxes = CORRECTIONS[ctx.dialect](bx, ctx)
-    k = len(keep_np)
-    return Detections(boxes, obj.copy(), prob, np.zeros(k, np.int64), np.ones(k, bool), head.classes)
-
-
-_YOLO_POINT_SHIFT = {"center": 0.0, "left_top": 0.5, "right_bottom": -0.5}
-
-
-def decode_gaussian_yolo(head, out: Tensor, ctx: DecodeContext) -> Detections:
-    """``get_gaussian_yolo_detections``: the box from mu x/y/w/h (entries 0, 2,
-    4, 6), ``prob = objectness * p * (1 - mean uncertainty)``."""
-    c, h, w = out.shape
-    n, per = head.n, head.per_anchor
-    thresh = F32(ctx.thresh)
-    v = out.reshape(n, per, h * w)
-    obj_t = v[:, 8, :].t().reshape(-1)
-    keep = torch.nonzero(obj_t > float(thresh)).flatten()
-    if keep.numel() == 0:
-        return Detections.empty(head.classes)
-    sel = _f32(v.permute(2, 0, 1).reshape(h * w * n, per)[keep])
-    keep_np = keep.cpu().numpy()
-    loc, a = keep_np // n, keep_np % n
-    col, row = (loc % w).astype(F32), (loc // w).astype(F32)
-    anchors = _anchors64(head.anchors)[np.asarray(head.mask)[a]]
-    bx = np.empty((len(keep_np), 4), F32)
-    with np.errstate(over="ignore"):
-        bx[:, 2] = (np.exp(sel[:, 4].astype(F64)) * anchors[:, 0] / ctx.net_w).astype(F32)
-        bx[:, 3] = (np.exp(sel[:, 6].astype(F64)) * anchors[:, 1] / ctx.net_h).astype(F32)
-    shift = F32(_YOLO_POINT_SHIFT.get(head.opts.get("yolo_point", "center"), 0.0))
-    bx[:, 0] = (col + sel[:, 0]) / F32(w) + shift * bx[:, 2] if shift else (col + sel[:, 0]) / F32(w)
-    bx[:, 1] = (row + sel[:, 2]) / F32(h) + shift * bx[:, 3] if shift else (row + sel[:, 2]) / F32(h)
-    obj = sel[:, 8]
-    uc_sum = ((sel[:, 1] + sel[:, 3]) + sel[:, 5]) + sel[:, 7]
-    scale = 1.0 - uc_sum.astype(F64) / 4.0
-    prob = ((obj[:, None] * sel[:, 9:]).astype(F64) * scale[:, None]).astype(F32)
-    prob = np.where(prob > thresh, prob, F32(0)).astype(F32)
-    boxes = correct_boxes_pjreddie(bx, ctx)
-    k = len(keep_np)
-    return Detections(boxes, obj.copy(), prob, np.zeros(k, np.int64), np.ones(k, bool), head.classes)
-
-
-def _tree_probs_pjreddie(tree: Tree, scale: np.ndarray, cls: np.ndarray, thresh: np.float32,
-                         hier_thresh: np.float32) -> np.ndarray:
-    """pjreddie's tree branch of ``get_region_detections`` (no ``map``): the path
-    probabilities (``hierarchy_predictions``), then one class per box, the one
-    ``hierarchy_top_prediction`` picks with ``hier_thresh``, with probability
-    ``scale`` when ``scale > thresh`` (else 0).  ``cls``: ``float32 [K, classes]``."""
-    top = hierarchy_top_prediction(hierarchy_predictions(cls, tree), tree, hier_thresh)
-    prob = np.zeros_like(cls, dtype=F32)
-    prob[np.arange(len(top)), top] = np.where(scale > thresh, scale, F32(0))
-    return prob
-
-
-def _tree_probs_alexeyab(tree: Tree, scale: np.ndarray, cls: np.ndarray, thresh: np.float32) -> np.ndarray:
-    """AlexeyAB's tree branch of ``get_region_boxes`` (no ``map``; ``hier_thresh``
-    is not read): the path probabilities, then only the highest class index whose
-    path probability is > .5 is kept, with that probability (not times
-    ``scale``) when ``scale > thresh``."""
-    cum = hierarchy_predictions(cls, tree)
-    found = last_above(cum, 0.5)
-    rows = np.nonzero((found >= 0) & (scale > thresh))[0]
-    prob = np.zeros_like(cls, dtype=F32)
-    prob[rows, found[rows]] = cum[rows, found[rows]]
-    return prob
-
-
-def decode_region_pjreddie(head, out: Tensor, ctx: DecodeContext) -> Detections:
-    """pjreddie ``get_region_detections``: every box, anchor-major
-    (index ``n * w * h + i``); objectness 0 when not above thresh.  With a tree
-    see :func:`_tree_probs_pjreddie` (``ctx.hier_thresh``)."""
-    c, h, w = out.shape
-    n, per, co = head.n, head.per_anchor, head.coords
-    thresh = F32(ctx.thresh)
-    v = _f32(out).reshape(n, per, h * w)
-    col, row = _grid(h, w)
-    anchors = _anchors64(head.anchors)
-    bx = np.empty((n, h * w, 4), F32)
-    bx[:, :, 0] = (col[None] + v[:, 0]) / F32(w)
-    bx[:, :, 1] = (row[None] + v[:, 1]) / F32(h)
-    with np.errstate(over="ignore"):
-        bx[:, :, 2] = (np.exp(v[:, 2].astype(F64)) * anchors[:, :1] / w).astype(F32)
-        bx[:, :, 3] = (np.exp(v[:, 3].astype(F64)) * anchors[:, 1:] / h).astype(F32)
-    scale = np.ones((n, h * w), F32) if head.background else v[:, co]
-    obj = np.where(scale > thresh, scale, F32(0)).astype(F32).reshape(-1)
-    cls = v[:, co + 1:co + 1 + head.classes].transpose(0, 2, 1).reshape(n * h * w, head.classes)
-    if head.tree is not None:
-        prob = _tree_probs_pjreddie(head.tree, scale.reshape(-1), cls, thresh, F32(ctx.hier_thresh))
-    else:
-        prob = _class_probs(scale.reshape(-1), cls, thresh)
-        prob[obj == 0] = 0
-    boxes = CORRECTIONS[ctx.dialect](bx.reshape(-1, 4), ctx)
-    k = n * h * w
-    return Detections(boxes, obj, prob, np.zeros(k, np.int64), np.ones(k, bool), head.classes)
-
-
-def decode_region_alexeyab(head, out: Tensor, ctx: DecodeContext) -> Detections:
-    """AlexeyAB ``custom_get_region_detections``: every box, location-major
-    (index ``i * n + a``), x/y through the logistic here, objectness 1,
-    ``prob = objectness_output * p``.  With a tree see :func:`_tree_probs_alexeyab`."""
-    c, h, w = out.shape
-    n, per = head.n, head.per_anchor
-    thresh = F32(ctx.thresh)
-    v = _f32(out).reshape(n, per, h * w).transpose(2, 0, 1).reshape(h * w * n, per)  # [i*n + a]
-    loc = np.arange(h * w * n) // n
-    a = np.arange(h * w * n) % n
-    col, row = (loc % w).astype(F32), (loc // w).astype(F32)
-    anchors = _anchors64(head.anchors)[a]
-    bx = np.empty((h * w * n, 4), F32)
-    bx[:, 0] = (col + _logistic_f32(v[:, 0])) / F32(w)
-    bx[:, 1] = (row + _logistic_f32(v[:, 1])) / F32(h)
-    with np.errstate(over="ignore"):
-        bx[:, 2] = (np.exp(v[:, 2].astype(F64)) * anchors[:, 0] / w).astype(F32)
-        bx[:, 3] = (np.exp(v[:, 3].astype(F64)) * anchors[:, 1] / h).astype(F32)
-    scale = v[:, 4].copy()
-    if head.opts.get("classfix", 0) == -1:
-        scale[scale < F32(0.5)] = 0
-    cls = v[:, 5:5 + head.classes]
-    if head.tree is not None:
-        prob = _tree_probs_alexeyab(head.tree, scale, cls, thresh)
-    else:
-        prob = _class_probs(scale, cls, thresh)
-    boxes = correct_boxes_alexeyab(bx, ctx)
-    k = h * w * n
-    return Detections(boxes, np.ones(k, F32), prob, np.zeros(k, np.int64), np.ones(k, bool), head.classes)
-
-
-def decode_region(head, out: Tensor, ctx: DecodeContext) -> Detections:
-    return REGION_DECODERS[head.dialect](head, out, ctx)
-
-
-REGION_DECODERS = {"pjreddie": decode_region_pjreddie, "alexeyab": decode_region_alexeyab}
-
-
-def decode_detection(head, out: Tensor, ctx: DecodeContext) -> Detections:
-    """``get_detection_detections`` (yolov1): boxes in PIXELS of the image
-    (darknet multiplies by the image size here and applies no correction)."""
-    side, n, classes = head.side, head.n, head.classes
-    s2 = side * side
-    flat = _f32(out).reshape(-1)
-    cls = flat[:s2 * classes].reshape(s2, classes)
-    conf = flat[s2 * classes:s2 * (classes + n)].reshape(s2, n)
-    coords = flat[s2 * (classes + n):].reshape(s2, n, 4)
-    col, row = _grid(side, side)
-    W, H = F32(ctx.image_w), F32(ctx.image_h)
-    power = 2.0 if head.sqrt else 1.0
-    bx = np.empty((s2, n, 4), F32)
-    bx[:, :, 0] = (coords[:, :, 0] + col[:, None]) / F32(side) * W
-    bx[:, :, 1] = (coords[:, :, 1] + row[:, None]) / F32(side) * H
-    bx[:, :, 2] = (np.power(coords[:, :, 2].astype(F64), power) * ctx.image_w).astype(F32)
-    bx[:, :, 3] = (np.power(coords[:, :, 3].astype(F64), power) * ctx.image_h).astype(F32)
-    thresh = F32(ctx.thresh)
-    obj = conf.reshape(-1)
-    cls_rep = np.repeat(cls, n, axis=0)  # det index i*n + a reads the cell's class scores
-    prob = _class_probs(obj, cls_rep, thresh)
-    k = s2 * n
-    return Detections(bx.reshape(-1, 4), obj.copy(), prob, np.zeros(k, np.int64), np.zeros(k, bool), classes)
-
-
-#: head type -> decoder(head layer, one image's head output [C, H, W], context)
-DECODERS: dict[str, Callable[..., Detections]] = {
-    "yolo": decode_yolo,
-    "Gaussian_yolo": decode_gaussian_yolo,
-    "region": decode_region,
-    "detection": decode_detection,
-}
-
-
 def get_network_boxes(heads: Sequence, outputs: Sequence[Tensor], ctx: DecodeContext,
                       batch_index: int = 0) -> Detections:
     """darknet's ``get_network_boxes`` for image ``batch_index``: every head's
@@ -426,7 +227,7 @@ def get_network_boxes(heads: Sequence, outputs: Sequence[Tensor], ctx: DecodeCon
     classes = 0
     parts = []
     for head, out in zip(heads, outputs):
-        parts.append(DECODERS[head.type](head, out[batch_index], ctx))
+        parts.append(head.decode(out[batch_index], ctx))
         classes = classes or head.classes
     return Detections.concat(parts, classes)
 

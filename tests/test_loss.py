@@ -16,12 +16,10 @@ import torch
 
 from darknet_py import Darknet, parse_cfg
 from darknet_py.errors import DarknetError, DataError
-from darknet_py.loss import LOSSES, head_loss
-from darknet_py.loss.region import region_loss
-from darknet_py.loss.targets import (detection_truth_to_targets, select_truths,
-                                     targets_to_detection_truth, targets_to_truth_buffer,
-                                     truth_buffer_to_targets)
-from darknet_py.loss.yolo import yolo_loss
+from darknet_py.layers.heads.targets import (detection_truth_to_targets, select_truths,
+                                             targets_to_detection_truth, targets_to_truth_buffer,
+                                             truth_buffer_to_targets)
+from darknet_py.loss import LOSSES, head_loss, region_loss, yolo_loss
 
 from .conftest import manifest_or_empty
 
@@ -219,12 +217,11 @@ def T(*rows):
 
 
 def test_loss_value_is_cost_and_gradient_is_exactly_minus_delta():
-    from darknet_py.loss.yolo import yolo_delta
     net, head = yolo_head("alexeyab", "iou_loss=ciou\niou_thresh=0.2")
     torch.manual_seed(0)
     x = torch.randn(2, 24, 4, 4)
     tg = T([0, 1, 0.4, 0.4, 0.3, 0.2], [1, 2, 0.7, 0.2, 0.6, 0.5])
-    delta, cost, stats = yolo_delta(head, x, tg, (64, 64))
+    delta, cost, stats = head.delta(x, tg, (64, 64))
     g, loss, _ = grad_of(head, x, tg)
     assert torch.equal(g.reshape(delta.shape), -delta)
     assert loss.item() == cost.item() == stats["cost"]

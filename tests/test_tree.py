@@ -33,7 +33,7 @@ from darknet_py.cfg import parse_cfg
 from darknet_py.detect import Detector
 from darknet_py.errors import CfgError, DataError
 from darknet_py.postprocess import DecodeContext, Postprocessor, get_network_boxes
-from darknet_py.loss.region import region_loss
+from darknet_py.loss import region_loss
 from darknet_py.tree import (hierarchy_predictions, hierarchy_top_prediction, last_above, parse_tree)
 
 from tests.conftest import CONFORMANCE

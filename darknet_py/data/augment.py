@@ -31,11 +31,11 @@ from typing import Protocol
 import numpy as np
 
 from ..errors import DataError
+from ..layers.heads import HEAD_TYPES
 from . import image_ops
 from .rng import coin, rand_int, rand_scale, rand_uniform
 from .truth import FILL_TRUTH, F32, correct_boxes, randomize_boxes
 
-HEAD_TYPES = ("yolo", "Gaussian_yolo", "region", "detection")
 #: AlexeyAB [net] augmentations this loader does not implement (reported, not silently used)
 UNSUPPORTED_NET_KEYS = ("angle", "track", "contrastive")
 

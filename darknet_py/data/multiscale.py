@@ -21,11 +21,11 @@ from typing import Callable
 import numpy as np
 
 from ..errors import DataError
+from ..layers.heads import HEAD_TYPES
 from .rng import rand_scale
 
 #: darknet resizes when ``count++ % RESIZE_EVERY == 0``
 RESIZE_EVERY = 10
-_HEADS = ("yolo", "Gaussian_yolo", "region", "detection")
 
 
 def _roundl(x: float) -> int:
@@ -115,7 +115,7 @@ class MultiScaleSchedule:
     @classmethod
     def from_cfg(cls, cfg, *, seed: int = 0, start_iteration: int = 0) -> "MultiScaleSchedule | None":
         """The schedule of a parsed cfg, or None when its last head has ``random=0``."""
-        heads = [s for s in cfg.layers if s.type in _HEADS]
+        heads = [s for s in cfg.layers if s.type in HEAD_TYPES]
         random = float(heads[-1].get("random", 0) or 0) if heads else 0.0
         if not random:
             return None

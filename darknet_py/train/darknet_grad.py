@@ -186,44 +186,11 @@ def darknet_bn(x: Tensor, scales: Tensor, dialect: str) -> tuple[Tensor, Tensor,
     return DarknetBatchNorm.apply(x, scales, dialect)
 
 
-class _LogisticDerivative(torch.autograd.Function):
-    """Identity forward; backward multiplies the channels in ``mask`` by ``s*(1-s)``, s = sigmoid(x)."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, mask: Tensor):  # type: ignore[override]
-        ctx.save_for_backward(x, mask)
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, g: Tensor):  # type: ignore[override]
-        x, mask = ctx.saved_tensors
-        s = torch.sigmoid(x)
-        return torch.where(mask, g * (s * (1 - s)), g), None
-
-
-def _pj_region(head, x: Tensor) -> Tensor:
-    """pjreddie GPU [region] backward: logistic derivative on x, y and (unless background) objectness."""
-    per = head.per_anchor
-    keep = torch.zeros(per, dtype=torch.bool, device=x.device)
-    keep[0] = keep[1] = True
-    if not head.background:
-        keep[head.coords] = True
-    mask = keep.repeat(head.n).view(1, -1, *([1] * (x.dim() - 2)))
-    return _LogisticDerivative.apply(x, mask)
-
-
-HeadBackward = Callable[[object, Tensor], Tensor]
-#: (dialect, head type) -> wrapper of the head input that gives darknet's backward
-HEAD_BACKWARD: dict[tuple[str, str], HeadBackward] = {
-    ("pjreddie", "region"): _pj_region,
-}
-
-
 def head_backward(head, x: Tensor) -> Tensor:
     """``x`` (the head's train-mode input) wrapped so that the gradient leaving
-    the head is what darknet's (GPU) backward of that head passes on."""
-    fn = HEAD_BACKWARD.get((head.dialect, head.type))
-    return x if fn is None else fn(head, x)
+    the head is what darknet's (GPU) backward of that head passes on (the head's
+    ``darknet_backward``: only pjreddie's [region] changes anything)."""
+    return head.darknet_backward(x)
 
 
 def _conv_any(layer) -> bool:

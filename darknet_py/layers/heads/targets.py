@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..boxes import box_iou_cxcywh
-from ..errors import DataError
+from ...boxes import box_iou_cxcywh
+from ...errors import DataError
 
 
 # ------------------------------------------------------------------ targets
@@ -292,3 +292,75 @@ def order_in_slot(slot: Tensor, key: Tensor) -> Tensor:
     rank = torch.empty_like(rank_sorted)
     rank[order] = rank_sorted
     return rank
+
+
+# ---------------------------------------------------------- shared records
+@dataclass
+class BestTruths:
+    """Per prediction (flat index ``s``, ``per_image`` of them per image): the best
+    IoU with a truth of its image (``iou [S]``) and that truth's position among
+    the image's truths (``pos [S]``; meaningful where ``iou > 0``)."""
+
+    iou: Tensor
+    pos: Tensor
+    index: Tensor          # [N, T] row in the Truths of each (image, position)
+    per_image: int
+
+    def truth_of(self, slots: Tensor) -> Tensor:
+        """The row in the :class:`Truths` of the best truth of each prediction in ``slots``."""
+        return self.index[slots // self.per_image, self.pos[slots]]
+
+
+def best_truths(pred: Tensor, tr: Truths, N: int, dialect: str) -> BestTruths:
+    """For each prediction box ``pred [N, P, 4]``, its best-overlapping truth."""
+    tb, tv, tidx = pad_by_image(tr, N)
+    best_iou, best_pos = best_truth_per_prediction(pred, tb, tv, dialect)
+    return BestTruths(best_iou.reshape(-1), best_pos.reshape(-1), tidx, pred.shape[1])
+
+
+@dataclass
+class Assignments:
+    """Phase 2's writes, one per (truth, anchor) pair darknet processes: ``truth``
+    (row in the truths), ``anchor`` (index into all anchors), ``slot`` (flat
+    prediction index), ``col``/``row`` (the cell) and ``wave`` (how many earlier
+    writes hit the same slot), all ``Tensor[R]`` long."""
+
+    truth: Tensor
+    anchor: Tensor
+    slot: Tensor
+    col: Tensor
+    row: Tensor
+    wave: Tensor
+
+    @staticmethod
+    def none(device: torch.device) -> "Assignments":
+        e = torch.zeros(0, dtype=torch.long, device=device)
+        return Assignments(e, e, e, e, e, e)
+
+    @property
+    def waves(self) -> int:
+        return int(self.wave.max()) + 1 if self.wave.numel() else 0
+
+
+@dataclass
+class TruthStats:
+    """Sums over the assigned truths, for darknet's printed averages."""
+
+    iou: float = 0.0
+    giou_loss: float = 0.0
+    iou_loss: float = 0.0
+    cat: float = 0.0
+    obj: float = 0.0
+    r50: int = 0
+    r75: int = 0
+    count: int = 0
+
+    def add(self, iou: Tensor, giou: Tensor, cat: Tensor, obj: Tensor) -> None:
+        self.iou += float(iou.sum())
+        self.iou_loss += float((1 - iou).sum())
+        self.giou_loss += float((1 - giou).sum())
+        self.cat += float(cat.sum())
+        self.obj += float(obj.sum())
+        self.r50 += int((iou > 0.5).sum())
+        self.r75 += int((iou > 0.75).sum())
+        self.count += int(iou.numel())

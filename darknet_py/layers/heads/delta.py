@@ -1,4 +1,4 @@
-"""What every head loss shares: the loss built from darknet's delta, and small helpers.
+"""What every head loss shares: the loss built from darknet's delta, and small numeric helpers.
 
 Darknet does not differentiate a loss: each head writes ``l.delta`` (minus the
 gradient it wants for its input) and reports a separate cost.  We compute that
@@ -12,17 +12,19 @@ equivalent ``cost + (s - s.detach())`` with ``s = -(delta * x).sum()``.
 """
 from __future__ import annotations
 
-import functools
 import math
-import weakref
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import DataError
+from ...errors import DataError
+
+
+#: ``(delta, cost, stats)``: darknet's ``l.delta`` of a head, the cost it reports, its printed stats
+DeltaResult = tuple[Tensor, Tensor, dict[str, Any]]
 
 
 def f32(value: float) -> float:
@@ -131,6 +133,12 @@ def sqrt_f(v: Tensor) -> Tensor:
     return torch.sqrt(v.double()).to(v.dtype)
 
 
+def focal_gradient(pc: Tensor) -> Tensor:
+    """The focal-loss factor darknet multiplies the class deltas by (before its 0.5)."""
+    pt = pc + 1e-15
+    return -(1 - pt) * (2 * pt * torch.log(pt) + pt - 1)
+
+
 def ratio(num: float, den: float) -> float:
     """``num / den`` the way darknet prints averages (NaN for 0/0)."""
     return num / den if den else (math.nan if num == 0 else math.copysign(math.inf, num))
@@ -144,34 +152,6 @@ def stats_dict(**kw: Any) -> dict[str, Any]:
             v = v.item()
         out[k] = v
     return out
-
-
-T = TypeVar("T")
-
-
-def per_head(build: Callable[[Any], T]) -> Callable[[Any], T]:
-    """Cache ``build(head)`` per head module (weakly referenced): a head's cfg
-    options are turned into loss parameters once, not on every call."""
-    cache: "weakref.WeakKeyDictionary[Any, T]" = weakref.WeakKeyDictionary()
-
-    @functools.wraps(build)
-    def get(head: Any) -> T:
-        params = cache.get(head)
-        if params is None:
-            params = cache[head] = build(head)
-        return params
-
-    return get
-
-
-class DialectParams:
-    """Mixin for the per-head parameter records: ``ab`` is True for AlexeyAB."""
-
-    dialect: str
-
-    @property
-    def ab(self) -> bool:
-        return self.dialect == "alexeyab"
 
 
 def split_head_input(x: Tensor, anchors: int, entries: int, where: str) -> tuple[int, int, int]:
