@@ -275,14 +275,30 @@ def save_pt(model: Darknet, path: str | os.PathLike, *, version: tuple[int, int,
     return header
 
 
+def _torch_load_failure(exc: BaseException) -> str:
+    """What went wrong, in one line.  torch's weights-only refusal suggests loading with
+    ``weights_only=False``, which would run whatever code the file holds: only its reason is kept."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:
+        rest = text.split("WeightsUnpickler error:", 1)[1].split(" Please use", 1)[0]
+        why = next((line.strip() for line in rest.splitlines() if line.strip()), "")
+        return f"damaged, or holds more than tensors and plain data: {why}"[:300]
+    if isinstance(exc, (KeyError, IndexError, EOFError)) or not text.strip():
+        return f"damaged: {type(exc).__name__} {text}".strip()[:300]
+    return _first_line(exc)
+
+
 def read_pt(path: str) -> Contents:
     """Unpack a .pt file (``weights_only``: no code in it is ever run)."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():   # a damaged pickle makes torch warn before it fails
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise ConvertError(f"{path}: cannot read: no such file") from None
     except Exception as exc:  # torch raises many kinds for a file that is not a checkpoint
-        raise ConvertError(f"{path}: not a readable torch checkpoint ({_first_line(exc)})") from None
+        raise ConvertError(f"{path}: not a readable torch checkpoint ({_torch_load_failure(exc)})") \
+            from None
     if not isinstance(obj, dict):
         raise ConvertError(f"{path}: a torch checkpoint holding {type(obj).__name__}, not a dict")
     no_meta = "a bare state_dict without a cfg; pass the cfg (--cfg)"
@@ -363,8 +379,8 @@ def load_safetensors(path: str | os.PathLike, cfg=None, dialect: str = "auto", s
 
 # ---------------------------------------------------------------- .weights
 
-def load_darknet(path: str | os.PathLike, cfg=None, dialect: str = "auto", *,
-                 allow_trailing: bool = False, allow_nonfinite: bool = False,
+def load_darknet(path: str | os.PathLike, cfg=None, dialect: str = "auto",
+                 allow_trailing: bool = False, *, allow_nonfinite: bool = False,
                  **_) -> tuple[Darknet, LoadReport]:
     path = os.fspath(path)
     if cfg is None:
