@@ -185,9 +185,10 @@ def _model_from_meta(meta: dict, checksum: str | None, file: str, cfg,
                      dialect: str) -> tuple[Darknet, Header]:
     if meta.get("format") != FORMAT:
         raise ConvertError(f"{file}: not a darknet_py checkpoint (format={meta.get('format')!r})")
-    version = meta.get("format_version", 0)
-    if not isinstance(version, int) or isinstance(version, bool):
-        raise ConvertError(f"{file}: checkpoint format_version {version!r} is not a number")
+    version = meta.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ConvertError(f"{file}: checkpoint format_version {version!r} is not a version "
+                           f"darknet_py writes (1..{FORMAT_VERSION})")
     if version > FORMAT_VERSION:
         raise ConvertError(f"{file}: checkpoint format_version {version} is newer than "
                            f"this darknet_py reads ({FORMAT_VERSION})")
@@ -196,7 +197,10 @@ def _model_from_meta(meta: dict, checksum: str | None, file: str, cfg,
                            f"checksum: the file is damaged")
     for key, types in _META_TYPES.items():
         if not isinstance(meta.get(key), types) or isinstance(meta.get(key), bool):
-            raise ConvertError(f"{file}: checkpoint field {key!r} is a {type(meta[key]).__name__}")
+            raise ConvertError(f"{file}: checkpoint field {key!r} has type {type(meta[key]).__name__}")
+    for key in ("width", "height"):   # darknet holds them in a C int
+        if meta.get(key) is not None and not 0 < meta[key] < 1 << 31:
+            raise ConvertError(f"{file}: checkpoint {key}={meta[key]} is not a network size")
     header = Header.from_dict(meta.get("header") or {}, file)
     use_dialect = dialect if dialect != "auto" else meta.get("dialect") or "auto"
     if cfg is None:
@@ -204,9 +208,17 @@ def _model_from_meta(meta: dict, checksum: str | None, file: str, cfg,
         if not text:
             raise ConvertError(f"{file}: the checkpoint holds no cfg; pass one (--cfg)")
         cfg = parse_cfg(text, dialect=use_dialect, name=f"{file} (embedded cfg)")
-        model = _build(cfg, use_dialect, meta.get("width"), meta.get("height"))
+        try:
+            model = _build(cfg, use_dialect, meta.get("width"), meta.get("height"))
+        except (RuntimeError, MemoryError) as exc:   # a size no memory holds
+            raise ConvertError(f"{file}: the checkpoint's {meta.get('width')}x{meta.get('height')} "
+                               f"network cannot be built: {_first_line(exc)}") from None
     else:
         model = _build(cfg, use_dialect)
+    cutoff = meta.get("cutoff")
+    if cutoff is not None and not 0 <= cutoff <= len(model.module_list):
+        raise ConvertError(f"{file}: checkpoint cutoff={cutoff} does not lie in "
+                           f"0..{len(model.module_list)} (the layers of its cfg)")
     model.header = header
     model.seen = header.seen
     return model, header

@@ -114,6 +114,12 @@ class Header:
         if h.seen_width not in (4, 8):
             raise WeightsError(f"darknet header record has seen_width={h.seen_width}; expected 4 or 8",
                                file)
+        if not all(0 <= v < _HEADER_LIMIT for v in h.version):
+            raise WeightsError(f"darknet header record has version {h.major}.{h.minor}.{h.revision}, "
+                               f"which no darknet writes", file)
+        if not 0 <= h.seen < 1 << (8 * h.seen_width):
+            raise WeightsError(f"darknet header record has seen={h.seen}, which does not fit its "
+                               f"{8 * h.seen_width}-bit field", file)
         return h
 
     def pack(self) -> bytes:

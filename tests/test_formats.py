@@ -269,3 +269,30 @@ def test_fuzzed_checkpoints_fail_cleanly(tmp_path, fmt):
         assert write_cfg(back.cfg) == cfg_text and back.header == model.header, f"mutation {n}"
         counts["same"] += 1
     assert counts["tensor_bytes_caught"] >= 10 and counts["error"] >= n // 2, counts
+
+
+# fields of a checkpoint without checksums (hand-made or older) that no darknet_py writes
+HAND_MADE = [
+    ("width", -5, r"checkpoint width=-5 is not a network size"),
+    ("height", 1 << 40, r"checkpoint height=1099511627776 is not a network size"),
+    ("cutoff", 7, r"checkpoint cutoff=7 does not lie in 0\.\.3 \(the layers of its cfg\)"),
+    ("format_version", 0, r"checkpoint format_version 0 is not a version darknet_py writes \(1\.\.1\)"),
+    ("dialect", 3, r"checkpoint field 'dialect' has type int"),
+    ("header", {"major": -1, "minor": 2, "revision": 0, "seen": 0, "seen_width": 8},
+     r"darknet header record has version -1\.2\.0, which no darknet writes"),
+    ("header", {"major": 0, "minor": 1, "revision": 0, "seen": 1 << 32, "seen_width": 4},
+     r"darknet header record has seen=4294967296, which does not fit its 32-bit field"),
+]
+
+
+@pytest.mark.parametrize("key,value,message", HAND_MADE, ids=[f"{k}={v}"[:24] for k, v, _ in HAND_MADE])
+def test_hand_made_checkpoint_fields_are_checked(tmp_path, key, value, message):
+    path = tmp_path / "h.pt"
+    C.save_pt(_random_tiny(), path)
+    ckpt = torch.load(path, weights_only=True)
+    del ckpt["checksums"]
+    ckpt[key] = value
+    torch.save(ckpt, path)
+    with pytest.raises(ConvertError if key != "header" else WeightsError, match=rf"h\.pt: {message}"):
+        C.convert(path, tmp_path / "out.weights")
+    assert not (tmp_path / "out.weights").exists()
