@@ -23,9 +23,9 @@ from torch import Tensor, nn
 
 from . import formats
 from .errors import ConvertError, DarknetError, WeightsError
-from .formats import (FORMAT, FORMAT_VERSION, READERS, LoadInfo, _ext, _write_error,  # noqa: F401
-                      load_darknet, load_model, load_pt, load_safetensors, load_state, save_pt,
-                      save_safetensors)
+from .formats import (FORMAT, FORMAT_VERSION, READERS, LoadInfo,  # noqa: F401 (the old names)
+                      _ext, _write_error, load_darknet, load_model, load_pt, load_safetensors,
+                      load_state, save_pt, save_safetensors)
 from .io import atomic_write
 from .model import Darknet
 from .optional import INSTALL, require

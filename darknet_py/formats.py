@@ -233,7 +233,7 @@ class Contents:
     format: str                    # ".pt" or ".safetensors"
     meta: dict | None              # the META_KEYS fields, typed; None: bare tensors
     tensors: dict[str, Tensor]
-    checksums: dict | None         # the validated checksums record, if the file has one
+    checksums: dict | None         # the checksums record as stored (checked when loading)
     no_meta: str                   # the error when there is no metadata and no cfg
 
 
