@@ -13,7 +13,9 @@ minor > 1000).  Reader and writer both walk the same
 
 Loading checks the file size against the layout *before* touching the model,
 then reads each tensor straight into its storage (one pass over the file, no
-intermediate copy for CPU float32 parameters).
+intermediate copy for CPU float32 parameters).  NaN or infinite values read
+are an error naming layer, tensor and byte offset unless ``allow_nonfinite``.
+:class:`LoadReport` says what a load did, for this and every other format.
 """
 from __future__ import annotations
 

@@ -149,6 +149,15 @@ def test_nonfinite_weights_file_names_layer_tensor_and_offset(tmp_path):
     assert model.module_list[2].weights.reshape(-1)[7] == -np.inf
 
 
+def test_huge_finite_values_are_finite(tmp_path):
+    """Values near float32's maximum overflow any sum; they are still finite and load."""
+    floats = np.full(sum(TINY_FLOATS), 3.0e38, dtype="<f4")     # any two of them sum to inf
+    path = tmp_path / "big.weights"
+    path.write_bytes(H020 + floats.tobytes())
+    report = Darknet(TINY).load_weights(path)
+    assert report.floats_read == floats.size
+
+
 def test_checksums_are_verified_and_reported(tmp_path):
     """Written files carry a digest per tensor and of the metadata; older files load unverified."""
     path = tmp_path / "c.pt"
