@@ -76,8 +76,8 @@ def _write_error(path, exc: OSError) -> ConvertError:
 # ---------------------------------------------------------------- checksums
 
 def tensor_digest(name: str, t: Tensor) -> str:
-    """SHA-256 of a tensor's name, dtype, shape and bytes (native order, little-endian on every
-    machine darknet_py runs on)."""
+    """SHA-256 of a tensor's name, dtype, shape and bytes (in the machine's byte order: a file
+    written on a little-endian machine verifies on little-endian machines)."""
     h = hashlib.sha256(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
     flat = t.detach().cpu().contiguous().reshape(-1)
     h.update(memoryview(flat.view(torch.uint8).numpy()))
