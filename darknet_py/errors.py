@@ -57,3 +57,8 @@ class DataError(DarknetError):
         self.line = line
         where = file if line is None or file is None else f"{file}:{line}"
         super().__init__(f"{where}: {message}" if where else message)
+
+
+class MissingDependencyError(DarknetError, ImportError):
+    """An optional Python module a feature needs is not installed; the message names the
+    pip command that installs it (an ``ImportError`` too, so ``except ImportError`` still works)."""

@@ -145,8 +145,9 @@ class Darknet(nn.Module):
                 reset()
 
     def load_weights(self, path: str | os.PathLike, cutoff: int | None = None,
-                     allow_trailing: bool = False, allow_partial: bool = True) -> LoadReport:
-        report = load_weights(self, path, cutoff, allow_trailing, allow_partial)
+                     allow_trailing: bool = False, allow_partial: bool = True,
+                     allow_nonfinite: bool = False) -> LoadReport:
+        report = load_weights(self, path, cutoff, allow_trailing, allow_partial, allow_nonfinite)
         self.seen = report.header.seen
         return report
 

@@ -13,7 +13,9 @@ minor > 1000).  Reader and writer both walk the same
 
 Loading checks the file size against the layout *before* touching the model,
 then reads each tensor straight into its storage (one pass over the file, no
-intermediate copy for CPU float32 parameters).
+intermediate copy for CPU float32 parameters).  NaN or infinite values read
+are an error naming layer, tensor and byte offset unless ``allow_nonfinite``.
+:class:`LoadReport` says what a load did, for this and every other format.
 """
 from __future__ import annotations
 
@@ -114,6 +116,12 @@ class Header:
         if h.seen_width not in (4, 8):
             raise WeightsError(f"darknet header record has seen_width={h.seen_width}; expected 4 or 8",
                                file)
+        if not all(0 <= v < _HEADER_LIMIT for v in h.version):
+            raise WeightsError(f"darknet header record has version {h.major}.{h.minor}.{h.revision}, "
+                               f"which no darknet writes", file)
+        if not 0 <= h.seen < 1 << (8 * h.seen_width):
+            raise WeightsError(f"darknet header record has seen={h.seen}, which does not fit its "
+                               f"{8 * h.seen_width}-bit field", file)
         return h
 
     def pack(self) -> bytes:
@@ -379,7 +387,13 @@ def check_weights(model: "Darknet", path: str | os.PathLike, cutoff: int | None 
 
 @dataclass
 class LoadReport:
-    """What ``load_weights`` did."""
+    """What a load did, for every format: :func:`load_weights` (``.weights``) and
+    the ``.pt`` / ``.safetensors`` readers of :mod:`darknet_py.formats`.
+
+    ``layers_loaded`` < ``layers_total`` with ``partial``: the source held only
+    layers [0, layers_loaded) (darknet53.conv.74, or a checkpoint converted from
+    such a file); the others keep their initial values.
+    """
 
     file: str
     header: Header
@@ -389,6 +403,15 @@ class LoadReport:
     floats_in_file: int
     partial: bool
     trailing_floats: int = 0
+    format: str = ".weights"
+    missing: list[str] = field(default_factory=list)      # non-strict .pt/.safetensors loads
+    unexpected: list[str] = field(default_factory=list)
+    checksum_verified: bool = False                       # the tensors matched the file's checksums
+
+    @property
+    def cutoff(self) -> int | None:
+        """Layers [0, cutoff) came from the file when it was partial, else None."""
+        return self.layers_loaded if self.partial else None
 
     def __str__(self) -> str:
         s = (f"{self.file}: loaded {self.layers_loaded}/{self.layers_total} layers, "
@@ -398,7 +421,68 @@ class LoadReport:
                   f"their initial values)")
         if self.trailing_floats:
             s += f" ({self.trailing_floats} trailing floats ignored)"
+        if self.missing or self.unexpected:
+            s += f" ({len(self.missing)} tensors missing, {len(self.unexpected)} unexpected)"
         return s
+
+
+# ---------------------------------------------------------------- non-finite values
+
+#: how a user asks to load non-finite parameters anyway
+NONFINITE_HINT = "pass allow_nonfinite=True (--allow-nonfinite) to load it anyway"
+
+
+def nonfinite(t: Tensor) -> tuple[int, int, float] | None:
+    """(count, first flat index, its value) of ``t``'s NaN/inf values, or None if all are finite."""
+    if not (t.is_floating_point() or t.is_complex()):
+        return None
+    flat = t.detach().reshape(-1)
+    # A NaN or an infinity anywhere makes the sum NaN or infinite, so a finite sum proves
+    # every value finite in one fast pass; only a non-finite sum (which large finite values
+    # can also give, by overflow) needs the value-by-value look.
+    if flat.device.type == "cpu" and flat.dtype in (torch.float32, torch.float64):
+        arr = flat.numpy()
+        with np.errstate(all="ignore"):   # the overflow and NaN are what is looked for
+            if np.isfinite(arr.sum()):
+                return None
+        bad = ~np.isfinite(arr)
+    else:
+        if bool(torch.isfinite(flat.sum())):
+            return None
+        bad = (~torch.isfinite(flat)).cpu().numpy()
+        arr = flat.cpu().numpy() if flat.dtype != torch.bfloat16 else flat.float().cpu().numpy()
+    if not bad.any():
+        return None
+    first = int(bad.argmax())
+    return int(bad.sum()), first, float(arr[first])
+
+
+def nonfinite_text(where: str, t: Tensor) -> str | None:
+    """``where``: N of M values are not finite ..., or None when ``t`` is all finite."""
+    found = nonfinite(t)
+    if found is None:
+        return None
+    count, first, value = found
+    return (f"{where}: {count} of {t.numel()} values are not finite (the first, at index {first}, "
+            f"is {value}); {NONFINITE_HINT}")
+
+
+def layer_label(model: "Darknet", index: int) -> str:
+    """``layer 3 [convolutional] (yolov3.cfg:25)``: a layer as errors name it."""
+    s = model.module_list[index].section
+    return f"layer {index} [{s.name}] ({s.file}:{s.line})"
+
+
+def _check_finite(model: "Darknet", records: list[LayerRecord], path: str) -> None:
+    for rec in records:
+        offset = rec.offset
+        for e in rec.entries:
+            text = nonfinite_text(f"{layer_label(model, rec.index)}, tensor {e.name!r} at byte "
+                                  f"offset {offset}",
+                                  e.tensor.detach().reshape(-1)[:e.count])
+            if text is not None:
+                raise WeightsError(text, path)
+            offset += 4 * e.count
 
 
 def _readinto(fh: BinaryIO, buf: memoryview, path: str) -> None:
@@ -435,7 +519,8 @@ def _read_entry(fh: BinaryIO, e: Entry, path: str) -> None:
 
 
 def load_weights(model: "Darknet", path: str | os.PathLike, cutoff: int | None = None,
-                 allow_trailing: bool = False, allow_partial: bool = True) -> LoadReport:
+                 allow_trailing: bool = False, allow_partial: bool = True,
+                 allow_nonfinite: bool = False) -> LoadReport:
     """Load a darknet weights file into ``model`` (layers [0, cutoff)).
 
     The file size is checked against the layout first, so a file that does not
@@ -450,6 +535,10 @@ def load_weights(model: "Darknet", path: str | os.PathLike, cutoff: int | None =
     * floats after the last layer of the model: an error unless
       ``allow_trailing`` (darknet itself ignores them).  With a ``cutoff`` the
       floats of layers >= cutoff are expected and skipped.
+
+    A NaN or infinite value among the floats read is an error naming the layer,
+    the tensor and its byte offset (a damaged file; the model then holds the
+    file's values) unless ``allow_nonfinite``.
     """
     chk = check_weights(model, path, cutoff)
     path = chk.file
@@ -475,6 +564,8 @@ def load_weights(model: "Darknet", path: str | os.PathLike, cutoff: int | None =
                     _read_entry(fh, e, path)
     except OSError as exc:
         raise WeightsError(f"cannot read: {exc.strerror}", path) from None
+    if not allow_nonfinite:
+        _check_finite(model, chk.records[:chk.layers_in_file], path)
     model.header = chk.header
     report = LoadReport(path, chk.header, chk.layers_in_file, len(model.module_list),
                         chk.floats_used, chk.floats_in_file, chk.partial, chk.trailing_floats)

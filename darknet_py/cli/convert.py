@@ -4,7 +4,9 @@
 state_dict, cfg text and header; read with ``weights_only=True``),
 ``.safetensors`` (tensors, cfg and header in the metadata), ``.onnx`` (export
 only: dynamic batch, the heads' eval outputs, or ``--decode`` for boxes).
-``.pt``/``.safetensors`` files written by darknet_py embed their cfg.
+``.pt``/``.safetensors`` files written by darknet_py embed their cfg and
+checksums of their tensors, verified on reading; NaN/inf parameters are
+refused unless ``--allow-nonfinite``.
 The darknet header (``seen`` included) is kept unless ``--header-version``
 asks for another (``0.1``: 32-bit seen, ``0.2``: 64-bit seen).
 """
@@ -34,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="load .pt/.safetensors even when tensors are missing or unexpected")
     p.add_argument("--allow-trailing", action="store_true",
                    help="ignore floats after the last layer of a .weights file (as darknet does)")
+    p.add_argument("--allow-nonfinite", action="store_true",
+                   help="load NaN/inf parameters instead of refusing them (a damaged or diverged "
+                        "model)")
     return p
 
 
@@ -45,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     version = parse_version(args.header_version) if args.header_version else None
     report = convert(args.src, args.dst, cfg=args.cfg, dialect=args.dialect, version=version,
                      decode=args.decode, strict=not args.non_strict,
-                     allow_trailing=args.allow_trailing, opset=args.opset, check=not args.no_check)
+                     allow_trailing=args.allow_trailing, allow_nonfinite=args.allow_nonfinite,
+                     opset=args.opset, check=not args.no_check)
     if report.source.missing or report.source.unexpected:
         print(f"warning: {len(report.source.missing)} tensors missing (kept as initialised), "
               f"{len(report.source.unexpected)} unexpected (ignored)")
