@@ -62,16 +62,22 @@ def _as_rows(x: Tensor) -> np.ndarray:
     return a.reshape(a.shape[0], a.shape[1], -1)
 
 
-def sequential_sum(rows: np.ndarray) -> np.ndarray:
+def sequential_sum(rows: np.ndarray, centre: np.ndarray | None = None) -> np.ndarray:
     """float32 [N, C, S] -> [C]: per channel ``s += v`` over (image, position) in order,
-    float32 rounding after every add (darknet's ``for j: for k: sum += x[j][i][k]``)."""
+    float32 rounding after every add (darknet's ``for j: for k: sum += x[j][i][k]``).
+    With ``centre`` (float32 [C]) the values added are ``(x - centre)**2`` in float32
+    (``variance_cpu``'s terms), made one image at a time."""
     n, c, s = rows.shape
     carry = np.zeros(c, dtype=f32)
     if s == 0:
         return carry
     buf = np.empty((c, s), dtype=f32)
     for j in range(n):
-        np.copyto(buf, rows[j])
+        if centre is None:
+            np.copyto(buf, rows[j])
+        else:
+            np.subtract(rows[j], centre[:, None], out=buf)
+            np.multiply(buf, buf, out=buf)
         buf[:, 0] += carry                      # the add that joins image j to the running sum
         np.add.accumulate(buf, axis=1, out=buf)
         carry = buf[:, -1].copy()
@@ -81,9 +87,15 @@ def sequential_sum(rows: np.ndarray) -> np.ndarray:
 def per_image_sums(rows: np.ndarray) -> np.ndarray:
     """float32 [N, C, S] -> [N, C]: darknet's ``sum_array`` over the positions of each
     image and channel, in order."""
-    if rows.shape[2] == 0:
-        return np.zeros(rows.shape[:2], dtype=f32)
-    return np.add.accumulate(rows, axis=2, dtype=f32)[:, :, -1].copy()
+    n, c, s = rows.shape
+    out = np.zeros((n, c), dtype=f32)
+    if s == 0:
+        return out
+    buf = np.empty((c, s), dtype=f32)
+    for j in range(n):
+        np.add.accumulate(rows[j], axis=1, out=buf)
+        out[j] = buf[:, -1]
+    return out
 
 
 def _channel(v: Tensor, x: Tensor) -> Tensor:
@@ -104,9 +116,9 @@ def batch_stats(x: Tensor) -> tuple[Tensor, Tensor]:
         return mean, x.var(dims, unbiased=True)
     xd = x.detach().contiguous()
     count = xd.numel() // xd.shape[1]
-    mean = sequential_sum(_as_rows(xd)) * f32(1.0 / count)
-    centred = _as_rows(xd) - mean[None, :, None]
-    var = sequential_sum(centred * centred) * f32(1.0 / (count - 1))
+    rows = _as_rows(xd)
+    mean = sequential_sum(rows) * f32(1.0 / count)
+    var = sequential_sum(rows, centre=mean) * f32(1.0 / (count - 1))
     return torch.from_numpy(mean), torch.from_numpy(var)
 
 
@@ -159,14 +171,34 @@ def bn_backward(g: Tensor, xc: Tensor, var: Tensor, scales: Tensor, dialect: str
         k = torch.sqrt(veps)
     else:
         k = torch.sqrt(var.to(F64)) + _float_eps(1e-5)
-    # C's double expression, regrouped into two fused double operations per value: the
-    # regrouping moves the double result by ~1e-16 relative, which changes its rounding
-    # to float only within 2^-29 of a float rounding boundary
+    # C's double expression, regrouped as dxh*(1/k) + xc*(vd*2/N) + md/N: the regrouping
+    # moves the double result by ~1e-16 relative, which changes its rounding to float only
+    # within 2^-29 of a float rounding boundary
     c0 = _channel((md / f32(n)).to(F64), g)[0]
     c1 = _channel(1.0 / k, g)[0]
     c2 = _channel(vd.to(F64) * 2.0 / float(n), g)[0]
-    dx = torch.empty_like(g)
-    for j in range(g.shape[0]):               # one image at a time: the doubles stay in cache
-        d = torch.addcmul(c0, dxh[j].to(F64), c1)
-        dx[j] = d.addcmul_(xc[j].to(F64), c2)
-    return dx
+    return _double_affine(dxh, c1, xc, c2, c0)
+
+
+#: doubles per block of :func:`_double_affine` (2 MB: the block stays in cache)
+_BLOCK = 1 << 18
+
+
+def _double_affine(a: Tensor, ka: Tensor, b: Tensor, kb: Tensor, k0: Tensor) -> Tensor:
+    """``float(a*ka + b*kb + k0)`` evaluated in double, for Tensor[N, C, ...] float32 ``a``,
+    ``b`` and per-channel double factors Tensor[C, 1, ...], a block of channels of one
+    image at a time in two reused double buffers."""
+    out = torch.empty_like(a)
+    if a.numel() == 0:
+        return out
+    per_channel = a[0, 0].numel()
+    step = max(1, min(a.shape[1], _BLOCK // max(1, per_channel)))
+    for c in range(0, a.shape[1], step):
+        sl = slice(c, c + step)
+        x = torch.empty(a[0, sl].shape, dtype=F64)
+        y = torch.empty_like(x)
+        for j in range(a.shape[0]):
+            x.copy_(a[j, sl]).mul_(ka[sl]).add_(k0[sl])
+            y.copy_(b[j, sl]).mul_(kb[sl])
+            out[j, sl] = x.add_(y)
+    return out
