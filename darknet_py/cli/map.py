@@ -53,9 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     if not heads:
         raise DataError(f"{args.cfg}: the network has no detection layer")
     if heads[-1].classes != data.classes:
-        raise DataError(f"classes={data.classes} but the cfg's last detection layer has "
+        raise DataError(f"{data.setting('classes')} but the cfg's last detection layer has "
                         f"classes={heads[-1].classes}", args.data)
-    valid_list = data.resolve(data.valid)
+    valid_list = data.list_file("valid")
     bases = [valid_list.resolve().parent, data.folder]
     source = from_list(valid_list, data.classes, dialect=model.dialect, bases=bases)
     difficult = None

@@ -260,7 +260,7 @@ def dataset_from_files(data_file: str | os.PathLike, cfg, split: str = "train", 
     data = parse_data_file(data_file)
     aug = AugmentConfig.from_cfg(cfg)
     if aug.classes != data.classes:
-        raise DataError(f"classes={data.classes} but the cfg's detection layer has "
+        raise DataError(f"{data.setting('classes')} but the cfg's detection layer has "
                         f"classes={aug.classes} ({cfg.file})", str(data_file))
     source = from_data_config(data, split, dialect=cfg.dialect)
     w = width or cfg.net["width"]
