@@ -17,6 +17,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from .data.datafile import read_names  # noqa: F401  (darknet_py.detect.read_names, one reader)
 from .errors import DarknetError
 from .fuse import inference_model
 from .image import default_resize_mode, load_image, prepare, to_float
@@ -56,16 +57,6 @@ class ImageResult:
 
     def to_json(self) -> dict:
         return {"image": self.image, "detections": [d.to_json() for d in self.detections]}
-
-
-def read_names(path: str | os.PathLike) -> list[str]:
-    """Class names, one per line (darknet's ``get_labels``)."""
-    try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            return [line.strip() for line in fh if line.strip()]
-    except OSError as exc:
-        from .errors import DataError
-        raise DataError(f"{os.fspath(path)}: cannot read names file: {exc.strerror}") from None
 
 
 class Detector:

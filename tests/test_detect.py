@@ -310,6 +310,23 @@ def test_cli_bad_cfg_is_one_line_error(tmp_path, capsys):
     assert "bad.cfg:5" in err and len(err.strip().splitlines()) == 1
 
 
+def test_names_file_with_a_blank_line_keeps_class_indices(tmp_path, capsys):
+    """darknet's get_labels: line k names class k, a blank line too.  Class 1 of a
+    names file "\\nbee\\n" is "bee" in detect, as in map and training."""
+    from darknet_py.data.datafile import read_names
+    from tests.tiny_files import tiny_model_files
+    cfg, weights, image = tiny_model_files(tmp_path)
+    names = tmp_path / "two.names"
+    names.write_bytes(b"\nbee\r\n")
+    assert read_names(names) == ["", "bee"]
+    argv = ["detect", str(cfg), str(weights), str(image), "--names", str(names), "--thresh", "0",
+            "--json", "-"]
+    assert cli_main(argv) == 0
+    dets = json.loads(capsys.readouterr().out)[0]["detections"]
+    assert {d["class_id"] for d in dets} == {0, 1}
+    assert all(d["name"] == ["", "bee"][d["class_id"]] for d in dets)
+
+
 # --------------------------------------------------------------- fusion
 # one case per kind of network (the deep pjreddie yolov3 / AlexeyAB yolov4 add time, not coverage)
 FUSE_CASES = [n for n in ("pj_yolov3-tiny_narrow8", "pj_yolov2-tiny_narrow8", "pj_yolov1_narrow16",

@@ -48,7 +48,7 @@ def tiny_model_files(folder: Path, seed: int = 0) -> tuple[Path, Path, Path]:
     with torch.no_grad():
         for name, t in model.state_dict().items():
             if t.is_floating_point():
-                t.copy_(torch.rand(t.shape, generator=gen) + (0.5 if "running_var" in name else -0.5))
+                t.copy_(torch.rand(t.shape, generator=gen) + (0.5 if "variance" in name else -0.5))
     weights = folder / "tiny.weights"
     model.save_weights(str(weights))
     image = folder / "img.png"

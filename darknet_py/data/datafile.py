@@ -193,13 +193,18 @@ def read_list_lines(path: str | os.PathLike) -> list[tuple[int, str]]:
 
 
 def read_names(path: str | os.PathLike) -> list[str]:
-    """Class names, one per line (darknet's ``get_labels``); trailing blank lines dropped."""
+    """Class names, one per line, as darknet's ``get_labels`` reads them: line k is
+    class k, a blank line included (it names a class ""), spaces kept, only the
+    line end (``\n`` or ``\r\n``) removed.  Trailing blank lines are dropped
+    (they name no class a network has, and darknet's count check would trip
+    over them)."""
     file = str(path)
     try:
-        with open(file, "r", encoding="utf-8", errors="replace") as fh:
-            names = [ln.rstrip("\r\n") for ln in fh.read().splitlines()]
+        with open(file, "r", encoding="utf-8", errors="replace", newline="") as fh:
+            text = fh.read()
     except OSError as exc:
         raise DataError(f"cannot read names file: {exc.strerror}", file) from None
+    names = [ln[:-1] if ln.endswith("\r") else ln for ln in text.split("\n")]
     while names and not names[-1].strip():
         names.pop()
     return names

@@ -35,6 +35,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import DataError
+from ..image import load_image
 from . import image_ops
 from .augment import AugmentConfig, augment
 from .mixup import mixup
@@ -98,11 +99,12 @@ class DetectionDataset(Dataset):
 
     def _read(self, index: int, failed: list[str]) -> np.ndarray | None:
         path = self.source.images[index]
-        img = image_ops.load_image(path)
-        if img is None:
-            log.warning("cannot load image %s (skipped)", path)
+        try:
+            return load_image(path)  # the one loader detect and map use too
+        except DataError as exc:
+            log.warning("%s (skipped)", exc)
             failed.append(str(path))
-        return img
+            return None
 
     def _read_or_replace(self, index: int, rng: np.random.Generator,
                          failed: list[str]) -> tuple[np.ndarray, np.ndarray, int]:
