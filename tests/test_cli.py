@@ -78,3 +78,79 @@ def test_our_warnings_are_one_line(tmp_path):
 @pytest.mark.parametrize("argv", [["nope"], []])
 def test_usage_errors_exit_2(argv, capsys):
     assert cli_main(argv) == 2
+
+
+# ------------------------------------------------------------ progress bars
+def run_with_tty_stderr(*args: str, timeout: float = 120) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of ``python -m darknet_py ARGS`` whose stderr
+    is a terminal (a pty) and whose stdout is a pipe."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a 120-column terminal
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "darknet_py", *args], stdout=subprocess.PIPE,
+                            stderr=slave, env=env, cwd=REPO)
+    os.close(slave)
+    chunks = []
+    while True:  # drain the terminal while the command runs
+        try:
+            data = os.read(master, 4096)
+        except OSError:  # EIO: the command closed its end
+            break
+        if not data:
+            break
+        chunks.append(data)
+    out = proc.stdout.read().decode()
+    proc.wait(timeout)
+    os.close(master)
+    return proc.returncode, out, b"".join(chunks).decode(errors="replace")
+
+
+def test_detect_shows_a_bar_on_a_terminal_and_keeps_stdout_clean(tmp_path):
+    import json
+
+    from tests.tiny_files import tiny_model_files
+    cfg, weights, image = tiny_model_files(tmp_path)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for k in range(3):
+        (folder / f"{k}.png").write_bytes(image.read_bytes())
+    (folder / "3.png").write_bytes(b"broken")
+    rc, out, err = run_with_tty_stderr("detect", str(cfg), str(weights), str(folder), "--json", "-",
+                                       "--batch", "2")
+    assert rc == 1
+    got = json.loads(out)  # stdout is nothing but the JSON
+    assert [os.path.basename(g["image"]) for g in got] == ["0.png", "1.png", "2.png"]
+    assert "detect: 100%" in err and "4/4" in err and "img/s" in err  # tqdm's bar with rate
+    assert err.count("3.png: not a readable image") == 1
+    rc, out, err = run_with_tty_stderr("detect", str(cfg), str(weights), str(folder), "--json", "-",
+                                       "--quiet")
+    assert rc == 1 and "%|" not in err and len(json.loads(out)) == 3
+    proc = run_cli("detect", str(cfg), str(weights), str(folder), "--json", "-")  # stderr a pipe
+    assert "%|" not in proc.stderr and proc.stderr.count("3.png") == 1
+
+
+def test_map_bar_and_quiet(tmp_path):
+    from darknet_py.data import make_synthetic_dataset
+    from darknet_py.model import Darknet
+    data = make_synthetic_dataset(tmp_path / "syn", n_train=1, n_valid=3, size=64, seed=5,
+                                  progress=False)
+    cfg = REPO / "cfg" / "tiny-shapes.cfg"
+    weights = tmp_path / "w.weights"
+    Darknet(cfg).save_weights(weights)
+    rc, out, err = run_with_tty_stderr("map", str(data), str(cfg), str(weights), "--no-coco")
+    assert rc == 0 and "map: 100%" in err and "3/3" in err and "mean average precision" in out
+    rc, out, err = run_with_tty_stderr("map", str(data), str(cfg), str(weights), "--no-coco", "--quiet")
+    assert rc == 0 and "%|" not in err and "mean average precision" in out
+
+
+def test_dataset_generation_bar(tmp_path, capsys):
+    from darknet_py.data import make_synthetic_dataset
+    make_synthetic_dataset(tmp_path / "a", n_train=3, n_valid=2, size=32, progress=True)
+    err = capsys.readouterr().err
+    assert "synthetic dataset: 100%" in err and "5/5" in err
+    make_synthetic_dataset(tmp_path / "b", n_train=3, n_valid=2, size=32)  # stderr is not a terminal
+    assert capsys.readouterr().err == ""

@@ -327,6 +327,34 @@ def test_names_file_with_a_blank_line_keeps_class_indices(tmp_path, capsys):
     assert all(d["name"] == ["", "bee"][d["class_id"]] for d in dets)
 
 
+def test_cli_reads_the_model_files_convert_writes(tmp_path, capsys):
+    """detect MODEL.pt / MODEL.safetensors (cfg inside) and CFG MODEL.pt give the
+    detections of CFG WEIGHTS (the conformance-tested path), image sizes included."""
+    from tests.tiny_files import tiny_model_files
+    cfg, weights, image = tiny_model_files(tmp_path)
+    for ext in (".pt", ".safetensors"):
+        assert cli_main(["convert", "--cfg", str(cfg), str(weights), str(tmp_path / f"m{ext}")]) == 0
+    capsys.readouterr()
+
+    def run(*files: str) -> list:
+        assert cli_main(["detect", *files, str(image), "--thresh", "0.2", "--json", "-"]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    want = run(str(cfg), str(weights))
+    assert want[0]["width"] == 40 and want[0]["height"] == 24 and want[0]["detections"]
+    assert run(str(tmp_path / "m.pt")) == want
+    assert run(str(tmp_path / "m.safetensors")) == want
+    assert run(str(cfg), str(tmp_path / "m.pt")) == want
+    # a .weights without its cfg is a usage error saying so
+    with pytest.raises(SystemExit) as stop:
+        cli_main(["detect", str(weights), str(image)])
+    assert stop.value.code == 2
+    assert "a darknet .weights file needs its cfg before it" in capsys.readouterr().err
+    # the Python API takes the same files
+    ours = darknet_py.detect(str(tmp_path / "m.pt"), str(image), thresh=0.2)[0].to_json()
+    assert json.loads(json.dumps(ours)) == want[0] | {"image": str(image)}
+
+
 # --------------------------------------------------------------- fusion
 # one case per kind of network (the deep pjreddie yolov3 / AlexeyAB yolov4 add time, not coverage)
 FUSE_CASES = [n for n in ("pj_yolov3-tiny_narrow8", "pj_yolov2-tiny_narrow8", "pj_yolov1_narrow16",

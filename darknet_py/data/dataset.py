@@ -45,6 +45,8 @@ from .rng import coin
 from .sources import LabeledImages
 
 log = logging.getLogger("darknet_py.data")
+#: images whose loading failure was already logged (in this process)
+_REPORTED: set[str] = set()
 
 Key = tuple[int, int, int, int]  # (index, w, h, seed)
 
@@ -102,7 +104,9 @@ class DetectionDataset(Dataset):
         try:
             return load_image(path)  # the one loader detect and map use too
         except DataError as exc:
-            log.warning("%s (skipped)", exc)
+            if str(path) not in _REPORTED:  # once per image, not at every epoch or mosaic
+                _REPORTED.add(str(path))
+                log.warning("%s (skipped)", exc)
             failed.append(str(path))
             return None
 
