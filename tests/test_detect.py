@@ -176,7 +176,8 @@ def test_cli_on_photo_files_equals_darknet(conformance, manifest, tmp_path, thre
     assert [g["image"] for g in got] == [str(folder / im["file"]) for im in real["images"]]
     names = (conformance / real["names"]).read_text().split("\n")
     for g, im in zip(got, real["images"]):
-        assert set(g) == {"image", "detections"}
+        assert set(g) == {"image", "width", "height", "detections"}  # sizes: issue 13 item 9
+        assert (g["width"], g["height"]) == (im["width"], im["height"])
         for d in g["detections"]:
             assert set(d) == {"class_id", "name", "prob", "box"} and d["name"] == names[d["class_id"]]
             x1, y1, x2, y2 = d["box"]

@@ -142,6 +142,8 @@ def parse_data_file(path: str | os.PathLike) -> DataConfig:
             continue
         if "=" not in line:
             raise DataError(f"expected 'key = value', got {line!r}", file, lineno)
+        if "\x00" in line:  # no file name holds one (darknet's C strings would end there)
+            raise DataError(f"a NUL byte in {line!r}: not a text .data file?", file, lineno)
         key, value = (part.strip() for part in line.split("=", 1))
         if not key:
             raise DataError(f"missing key before '=' in {line!r}", file, lineno)
