@@ -1,8 +1,7 @@
 """How every ``darknet-py`` command stops: one line on stderr and an exit code.
 
 Run through a real ``python -m darknet_py`` process where the behaviour is the
-process's (a closed pipe, the exit code); in-process where only ``main``'s
-handling is under test (Ctrl-C).
+process's (a closed pipe, Ctrl-C, the exit code, a terminal's progress bar).
 """
 from __future__ import annotations
 
@@ -14,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from darknet_py.cli import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED
-from darknet_py.cli import inspect as cli_inspect
 from darknet_py.cli import main as cli_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,12 +53,27 @@ def test_unwritable_output_is_one_line(tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("darknet-py detect: error: ") and str(image) in err[0]
 
 
-def test_ctrl_c_exits_130(monkeypatch, capsys):
-    def interrupted(argv=None):
-        raise KeyboardInterrupt
-    monkeypatch.setattr(cli_inspect, "main", interrupted)
-    assert cli_main(["inspect", "x.cfg"]) == EXIT_INTERRUPTED == 130
-    assert capsys.readouterr().err == "darknet-py inspect: interrupted\n"
+def test_ctrl_c_exits_130(tmp_path):
+    """Ctrl-C while detect works through a folder: one line, exit 130, no traceback."""
+    import signal
+
+    from tests.tiny_files import tiny_model_files
+    cfg, weights, image = tiny_model_files(tmp_path)
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for k in range(2000):
+        (folder / f"{k:04d}.png").write_bytes(image.read_bytes())
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "darknet_py", "detect", str(cfg), str(weights),
+                             str(folder), "--batch", "1"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=REPO,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    first = proc.stdout.readline()  # detect is running: the first image is done
+    assert first.startswith(str(folder / "0000.png"))
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == EXIT_INTERRUPTED == 130
+    assert err == "darknet-py detect: interrupted\n"
 
 
 def test_our_warnings_are_one_line(tmp_path):
@@ -94,8 +107,12 @@ def run_with_tty_stderr(*args: str, timeout: float = 120) -> tuple[int, str, str
     proc = subprocess.Popen([sys.executable, "-m", "darknet_py", *args], stdout=subprocess.PIPE,
                             stderr=slave, env=env, cwd=REPO)
     os.close(slave)
+    import threading
+    out: list[bytes] = []
+    reader = threading.Thread(target=lambda: out.append(proc.stdout.read()))  # both ends drained
+    reader.start()
     chunks = []
-    while True:  # drain the terminal while the command runs
+    while True:
         try:
             data = os.read(master, 4096)
         except OSError:  # EIO: the command closed its end
@@ -103,10 +120,10 @@ def run_with_tty_stderr(*args: str, timeout: float = 120) -> tuple[int, str, str
         if not data:
             break
         chunks.append(data)
-    out = proc.stdout.read().decode()
+    reader.join(timeout)
     proc.wait(timeout)
     os.close(master)
-    return proc.returncode, out, b"".join(chunks).decode(errors="replace")
+    return proc.returncode, b"".join(out).decode(), b"".join(chunks).decode(errors="replace")
 
 
 def test_detect_shows_a_bar_on_a_terminal_and_keeps_stdout_clean(tmp_path):

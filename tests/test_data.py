@@ -589,3 +589,22 @@ def test_dataset_from_files_checks_classes(tmp_path):
     text = (REPO / "cfg" / "tiny-shapes.cfg").read_text().replace("classes=4", "classes=5")
     with pytest.raises(DataError, match="classes=4 but the cfg's detection layer has classes=5"):
         dataset_from_files(data, parse_cfg(text), "train")
+
+
+def test_unloadable_image_is_reported_once(tmp_path, caplog):
+    """The training loader replaces an unreadable image at every draw, but says so
+    once per image (not at every epoch or mosaic part)."""
+    import logging
+
+    import cv2
+    cv2.imwrite(str(tmp_path / "good.png"), np.full((8, 8, 3), 90, np.uint8))
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    src = LabeledImages([tmp_path / "bad.png", tmp_path / "good.png"],
+                        [np.zeros((0, 5), np.float32)] * 2)
+    ds = DetectionDataset(src, 16, 16, augment=_cfg("alexeyab"))
+    with caplog.at_level(logging.WARNING, logger="darknet_py.data"):
+        for seed in range(3):
+            sample = ds[(0, 16, 16, seed)]
+            assert sample.index == 1 and set(sample.failed) == {str(tmp_path / "bad.png")}
+    msgs = [r.getMessage() for r in caplog.records]
+    assert msgs == [f"{tmp_path / 'bad.png'}: not a readable image (unknown format or corrupt data) (skipped)"]
