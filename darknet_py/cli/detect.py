@@ -126,6 +126,30 @@ def _draw(path: str, res, save_dir: str) -> None:
     atomic_write(os.path.join(save_dir, stem + ext), buf.tobytes())
 
 
+def _report(res, dialect: str, args: argparse.Namespace) -> bool:
+    """darknet's lines for one image (unless ``--json``), its annotated copy
+    (``--save-dir``); an image that failed is one line on stderr.  False on failure."""
+    from ..progress import echo
+
+    if not res.ok:
+        echo(f"darknet-py detect: {res.error}", err=True)
+        return False
+    if args.json is None:
+        if dialect == "alexeyab":
+            echo(f"{res.image}: Predicted in {res.seconds * 1000:.6f} milli-seconds.")
+        else:
+            echo(f"{res.image}: Predicted in {res.seconds:.6f} seconds.")
+        for d in res.detections:
+            echo(f"{d.name}: {d.prob * 100:.0f}%")
+    if args.save_dir:
+        try:
+            _draw(res.image, res, args.save_dir)
+        except (OSError, DarknetError) as exc:
+            echo(f"darknet-py detect: {res.image}: cannot save annotated image: {exc}", err=True)
+            return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -138,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..cfg import UnusedOptionWarning
     from ..detect import Detector, load_detector_model, read_names
     from ..io import atomic_write
-    from ..progress import echo, progress_bar
+    from ..progress import progress_bar
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UnusedOptionWarning)
@@ -155,24 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     for start in range(0, len(paths), det.batch_size):  # lines come out as images are done
         chunk = det(paths[start:start + det.batch_size])
         results.extend(chunk)
-        for res in chunk:
-            if not res.ok:
-                failed += 1
-                echo(f"darknet-py detect: {res.error}", err=True)
-                continue
-            if args.json is None:
-                if det.post.dialect == "alexeyab":
-                    echo(f"{res.image}: Predicted in {res.seconds * 1000:.6f} milli-seconds.")
-                else:
-                    echo(f"{res.image}: Predicted in {res.seconds:.6f} seconds.")
-                for d in res.detections:
-                    echo(f"{d.name}: {d.prob * 100:.0f}%")
-            if args.save_dir:
-                try:
-                    _draw(res.image, res, args.save_dir)
-                except (OSError, DarknetError) as exc:
-                    failed += 1
-                    echo(f"darknet-py detect: {res.image}: cannot save annotated image: {exc}", err=True)
+        failed += sum(not _report(res, det.post.dialect, args) for res in chunk)
         bar.update(len(chunk))
     bar.close()
     if args.json is not None:
