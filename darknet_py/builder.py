@@ -7,6 +7,7 @@ computed by darknet's formulas.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
@@ -60,4 +61,14 @@ def build_layer(sec: Section, ctx: BuildContext) -> "DarknetLayer":
     builder = BUILDERS.get(sec.type)
     if builder is None:
         raise CfgError(f"layer {ctx.index}: no builder for [{sec.type}]", sec.file, sec.line)
-    return builder(sec, ctx)
+    try:
+        return builder(sec, ctx)
+    except (MemoryError, RuntimeError) as exc:
+        text = str(exc)
+        if not isinstance(exc, MemoryError) and "allocat" not in text and "overflow" not in text:
+            raise
+        # darknet's calloc fails the same way ("Calloc error"): the sizes ask for too much memory
+        asked = re.search(r"allocate (\d+) bytes", text)
+        why = f"{int(asked.group(1)) / 2**30:.1f} GiB" if asked else "their size overflows"
+        raise CfgError(f"layer {ctx.index} [{sec.type}]: cannot allocate its parameters ({why}); "
+                       f"check its sizes", sec.file, sec.line) from None

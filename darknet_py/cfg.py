@@ -198,7 +198,19 @@ _INT_PREFIX = re.compile(r"[+-]?\d*")
 
 
 class _BadValue(ValueError):
-    pass
+    def __init__(self, text: str, why: str | None = None):
+        super().__init__(text)
+        self.why = why
+
+
+#: darknet keeps integers in a C ``int``; a value beyond it is no number darknet can hold
+_C_INT = (-2**31, 2**31 - 1)
+
+
+def _c_int(v: int, text: str) -> int:
+    if not _C_INT[0] <= v <= _C_INT[1]:
+        raise _BadValue(text, f"outside darknet's int range [{_C_INT[0]}, {_C_INT[1]}]")
+    return v
 
 
 def _number_text(text: str) -> str:
@@ -212,7 +224,7 @@ def _number_text(text: str) -> str:
 def _to_int(text: str) -> int:
     """``atoi`` of a valid decimal number: its integer prefix ("1.9" -> 1, ".5" -> 0)."""
     digits = _INT_PREFIX.match(_number_text(text)).group()
-    return int(digits) if digits.lstrip("+-") else 0
+    return _c_int(int(digits), text) if digits.lstrip("+-") else 0
 
 
 def _to_float(text: str) -> float:
@@ -229,7 +241,7 @@ def _to_float_int(text: str) -> int:
     v = _to_float(text)
     if not math.isfinite(v):
         raise _BadValue(text)
-    return int(v)
+    return _c_int(int(v), text)
 
 
 def _items(text: str) -> list[str]:
@@ -314,8 +326,8 @@ def _convert(opt: Opt, dialect: str, raw: _RawSection, key: str, value: str, lin
     kind = opt.kind_for(dialect)
     try:
         converted = _CONVERT[kind](value)
-    except _BadValue:
-        raise CfgError(f"[{raw.name}] {key}={value}: expected {_KIND_WORDS[kind]}",
+    except _BadValue as exc:
+        raise CfgError(f"[{raw.name}] {key}={value}: {exc.why or 'expected ' + _KIND_WORDS[kind]}",
                        file, line) from None
     if kind == "activation" and converted not in ACTIVATIONS[dialect]:
         known = ", ".join(sorted(ACTIVATIONS[dialect]))

@@ -17,6 +17,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from .data.datafile import read_names  # noqa: F401  (darknet_py.detect.read_names, one reader)
 from .errors import DarknetError
 from .fuse import inference_model
 from .image import default_resize_mode, load_image, prepare, to_float
@@ -55,17 +56,8 @@ class ImageResult:
         return self.error is None
 
     def to_json(self) -> dict:
-        return {"image": self.image, "detections": [d.to_json() for d in self.detections]}
-
-
-def read_names(path: str | os.PathLike) -> list[str]:
-    """Class names, one per line (darknet's ``get_labels``)."""
-    try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            return [line.strip() for line in fh if line.strip()]
-    except OSError as exc:
-        from .errors import DataError
-        raise DataError(f"{os.fspath(path)}: cannot read names file: {exc.strerror}") from None
+        return {"image": self.image, "width": self.width, "height": self.height,
+                "detections": [d.to_json() for d in self.detections]}
 
 
 class Detector:
@@ -162,22 +154,63 @@ class Detector:
         return results
 
 
+#: model files that carry their cfg with the parameters (what ``convert`` writes)
+MODEL_FILE_EXTS = (".pt", ".pth", ".safetensors")
+
+
+def is_model_file(path: str | os.PathLike) -> bool:
+    """True for a ``.pt``/``.pth``/``.safetensors`` file name."""
+    return os.fspath(path).lower().endswith(MODEL_FILE_EXTS)
+
+
+def load_detector_model(model: str | os.PathLike, weights: str | os.PathLike | None = None,
+                        dialect: str = "auto"):
+    """A :class:`~darknet_py.Darknet` with its parameters, from
+
+    * a cfg and its ``.weights`` (darknet's pair),
+    * a cfg and a ``.pt``/``.safetensors`` (the cfg replaces the embedded one;
+      needed for a bare state dict),
+    * a ``.pt``/``.safetensors`` alone (the cfg ``convert`` stored in it).
+    """
+    import warnings
+
+    from .convert import load_model
+    from .model import Darknet
+    from .weights import PartialWeightsWarning
+
+    if weights is None and is_model_file(model):
+        net, info = load_model(model, None, dialect)
+    elif weights is None:
+        what = "a .weights file needs its cfg" if os.fspath(model).lower().endswith(".weights") \
+            else "a cfg needs its weights file"
+        raise DarknetError(f"{os.fspath(model)}: {what} (CFG WEIGHTS, or a .pt/.safetensors "
+                           f"that holds its cfg)")
+    elif is_model_file(weights):
+        net, info = load_model(weights, model, dialect)
+    else:
+        net = Darknet(model, dialect=dialect)
+        net.load_weights(weights)
+        return net
+    if info.cutoff is not None:  # as load_weights warns for a partial .weights
+        warnings.warn(f"{info.file}: holds only layers [0, {info.cutoff}) of "
+                      f"{len(net.module_list)}; the others keep their initial values",
+                      PartialWeightsWarning, stacklevel=2)
+    return net
+
+
 def detect(model, images, weights: str | os.PathLike | None = None, **kw) -> list[ImageResult]:
     """Detect objects the way darknet does.
 
-    ``model``: a :class:`~darknet_py.Darknet` (weights loaded) or a cfg path
-    (then ``weights`` is the ``.weights`` file).  ``images``: one or several
-    paths or ``uint8 [H, W, 3]`` RGB arrays.  Keyword arguments go to
-    :class:`Detector` (``names``, ``thresh``, ``hier_thresh``, ``nms``,
-    ``resize``, ``nms_kind``, ``device``, ``batch_size``, ``channels_last``).
+    ``model``: a :class:`~darknet_py.Darknet` (weights loaded), a cfg path (then
+    ``weights`` is its ``.weights``, ``.pt`` or ``.safetensors`` file) or a
+    ``.pt``/``.safetensors`` model file alone (:func:`load_detector_model`).
+    ``images``: one or several paths or ``uint8 [H, W, 3]`` RGB arrays.
+    Keyword arguments go to :class:`Detector` (``names``, ``thresh``,
+    ``hier_thresh``, ``nms``, ``resize``, ``nms_kind``, ``device``,
+    ``batch_size``, ``channels_last``).
     """
-    from .model import Darknet
-
     if not isinstance(model, torch.nn.Module):
-        model = Darknet(model)
-        if weights is None:
-            raise DarknetError("detect: a cfg needs its weights file")
-        model.load_weights(weights)
+        model = load_detector_model(model, weights)
     elif weights is not None:
         model.load_weights(weights)
     if isinstance(images, (str, os.PathLike, np.ndarray)):

@@ -175,6 +175,41 @@ def test_data_file_errors(tmp_path):
         parse_data_file(data).names_list()
 
 
+def test_data_file_says_which_key_is_missing_and_the_default(tmp_path, monkeypatch):
+    """Keys a .data file leaves out: the message says so and names darknet's default
+    (detector.c: classes 20, train data/train.list, names data/names.list; AlexeyAB's
+    train -map evaluates on the train list when there is no valid=)."""
+    from darknet_py.data.datafile import DataDefaultWarning
+    monkeypatch.chdir(tmp_path)  # darknet's defaults are relative to the current directory
+    data = _dataset_folder(tmp_path, {"a": "0 .5 .5 .1 .1\n"})
+    data.write_text("train = train.txt\nnames = names.txt\n")
+    cfg = parse_data_file(data)
+    assert cfg.missing == {"classes", "valid", "backup"} and cfg.classes == 20
+    with pytest.raises(DataError) as err:
+        cfg.names_list()
+    assert str(err.value) == (f"names.txt: 3 names, but {data} has no classes= line "
+                              f"(darknet's default is classes=20); add 'classes = 3'")
+    assert cfg.setting("classes") == f"classes=20 (darknet's default: {data} has no classes= line)"
+    with pytest.warns(DataDefaultWarning, match=r"no valid= line; evaluating on the train list train.txt"):
+        assert [p.name for p in from_data_config(cfg, "valid", dialect="alexeyab").images] == ["a.png"]
+
+    data.write_text("classes = 3\nnames = names.txt\n")
+    cfg = parse_data_file(data)
+    with pytest.raises(DataError) as err:
+        from_data_config(cfg, "train")
+    assert str(err.value) == (f"{data}: no train= line, and darknet's default train list "
+                              f"data/train.list does not exist")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.list").write_text("obj/a.png\n")
+    with pytest.warns(DataDefaultWarning, match="no train= line; using darknet's default data/train.list"):
+        assert len(cfg.train_images()) == 1
+
+    data.write_text("classes = 3\ntrain = train.txt\n")
+    with pytest.raises(DataError, match=r"t.data: no names= line, and darknet's default names file "
+                                        r"data/names.list does not exist"):
+        parse_data_file(data).names_list()
+
+
 # ------------------------------------------------------------------ box transformations
 def test_alexeyab_crop_flip_by_hand():
     """Image 100x80, crop pleft=10 pright=-10 ptop=5 pbot=15 (100x60), flipped.
@@ -554,3 +589,22 @@ def test_dataset_from_files_checks_classes(tmp_path):
     text = (REPO / "cfg" / "tiny-shapes.cfg").read_text().replace("classes=4", "classes=5")
     with pytest.raises(DataError, match="classes=4 but the cfg's detection layer has classes=5"):
         dataset_from_files(data, parse_cfg(text), "train")
+
+
+def test_unloadable_image_is_reported_once(tmp_path, caplog):
+    """The training loader replaces an unreadable image at every draw, but says so
+    once per image (not at every epoch or mosaic part)."""
+    import logging
+
+    import cv2
+    cv2.imwrite(str(tmp_path / "good.png"), np.full((8, 8, 3), 90, np.uint8))
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    src = LabeledImages([tmp_path / "bad.png", tmp_path / "good.png"],
+                        [np.zeros((0, 5), np.float32)] * 2)
+    ds = DetectionDataset(src, 16, 16, augment=_cfg("alexeyab"))
+    with caplog.at_level(logging.WARNING, logger="darknet_py.data"):
+        for seed in range(3):
+            sample = ds[(0, 16, 16, seed)]
+            assert sample.index == 1 and set(sample.failed) == {str(tmp_path / "bad.png")}
+    msgs = [r.getMessage() for r in caplog.records]
+    assert msgs == [f"{tmp_path / 'bad.png'}: not a readable image (unknown format or corrupt data) (skipped)"]

@@ -176,7 +176,8 @@ def test_cli_on_photo_files_equals_darknet(conformance, manifest, tmp_path, thre
     assert [g["image"] for g in got] == [str(folder / im["file"]) for im in real["images"]]
     names = (conformance / real["names"]).read_text().split("\n")
     for g, im in zip(got, real["images"]):
-        assert set(g) == {"image", "detections"}
+        assert set(g) == {"image", "width", "height", "detections"}  # sizes: issue 13 item 9
+        assert (g["width"], g["height"]) == (im["width"], im["height"])
         for d in g["detections"]:
             assert set(d) == {"class_id", "name", "prob", "box"} and d["name"] == names[d["class_id"]]
             x1, y1, x2, y2 = d["box"]
@@ -314,6 +315,51 @@ def test_cli_bad_cfg_is_one_line_error(tmp_path, capsys):
     assert cli_main(["detect", str(cfg), str(tmp_path / "w.weights"), "x.jpg"]) == 1
     err = capsys.readouterr().err
     assert "bad.cfg:5" in err and len(err.strip().splitlines()) == 1
+
+
+def test_names_file_with_a_blank_line_keeps_class_indices(tmp_path, capsys):
+    """darknet's get_labels: line k names class k, a blank line too.  Class 1 of a
+    names file "\\nbee\\n" is "bee" in detect, as in map and training."""
+    from darknet_py.data.datafile import read_names
+    from tests.tiny_files import tiny_model_files
+    cfg, weights, image = tiny_model_files(tmp_path)
+    names = tmp_path / "two.names"
+    names.write_bytes(b"\nbee\r\n")
+    assert read_names(names) == ["", "bee"]
+    argv = ["detect", str(cfg), str(weights), str(image), "--names", str(names), "--thresh", "0",
+            "--json", "-"]
+    assert cli_main(argv) == 0
+    dets = json.loads(capsys.readouterr().out)[0]["detections"]
+    assert {d["class_id"] for d in dets} == {0, 1}
+    assert all(d["name"] == ["", "bee"][d["class_id"]] for d in dets)
+
+
+def test_cli_reads_the_model_files_convert_writes(tmp_path, capsys):
+    """detect MODEL.pt / MODEL.safetensors (cfg inside) and CFG MODEL.pt give the
+    detections of CFG WEIGHTS (the conformance-tested path), image sizes included."""
+    from tests.tiny_files import tiny_model_files
+    cfg, weights, image = tiny_model_files(tmp_path)
+    for ext in (".pt", ".safetensors"):
+        assert cli_main(["convert", "--cfg", str(cfg), str(weights), str(tmp_path / f"m{ext}")]) == 0
+    capsys.readouterr()
+
+    def run(*files: str) -> list:
+        assert cli_main(["detect", *files, str(image), "--thresh", "0.2", "--json", "-"]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    want = run(str(cfg), str(weights))
+    assert want[0]["width"] == 40 and want[0]["height"] == 24 and want[0]["detections"]
+    assert run(str(tmp_path / "m.pt")) == want
+    assert run(str(tmp_path / "m.safetensors")) == want
+    assert run(str(cfg), str(tmp_path / "m.pt")) == want
+    # a .weights without its cfg is a usage error saying so
+    with pytest.raises(SystemExit) as stop:
+        cli_main(["detect", str(weights), str(image)])
+    assert stop.value.code == 2
+    assert "a darknet .weights file needs its cfg before it" in capsys.readouterr().err
+    # the Python API takes the same files
+    ours = darknet_py.detect(str(tmp_path / "m.pt"), str(image), thresh=0.2)[0].to_json()
+    assert json.loads(json.dumps(ours)) == want[0] | {"image": str(image)}
 
 
 # --------------------------------------------------------------- fusion

@@ -144,3 +144,52 @@ def test_grey_and_alpha_pngs_become_rgb(tmp_path):
     cv2.imwrite(str(tmp_path / "a.png"), bgra)
     a = load_image(tmp_path / "a.png")
     assert a.shape == (2, 2, 3) and a[0, 0].tolist() == [200, 0, 10]  # RGB, alpha dropped
+
+
+# ------------------------------------------------- EXIF orientation: ignored everywhere
+def exif_rotated_jpeg(path, pixels: np.ndarray, orientation: int = 6) -> bytes:
+    """Write ``pixels`` (uint8 RGB [H, W, 3]) as a JPEG whose APP1 Exif segment
+    says ``Orientation = orientation`` (6: shown rotated 90 degrees clockwise).
+    Returns the JPEG without the Exif segment (the same compressed data)."""
+    import struct
+
+    import cv2
+    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(pixels[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 95])
+    assert ok
+    plain = buf.tobytes()
+    # TIFF header (big endian, IFD at offset 8), one IFD entry: 0x0112 Orientation, SHORT, 1 value
+    tiff = b"MM" + struct.pack(">HI", 42, 8) + struct.pack(">H", 1) \
+        + struct.pack(">HHIHH", 0x0112, 3, 1, orientation, 0) + struct.pack(">I", 0)
+    payload = b"Exif\x00\x00" + tiff
+    app1 = b"\xff\xe1" + struct.pack(">H", 2 + len(payload)) + payload
+    path.write_bytes(plain[:2] + app1 + plain[2:])  # right after SOI
+    return plain
+
+
+def test_exif_orientation_is_ignored_by_detect_map_and_training(tmp_path):
+    """darknet reads pixels as stored (stb_image knows no EXIF), so labels written
+    for the stored image stay right: detect, map and the training loader all see
+    the 40x24 image, equal to the same JPEG without its Exif segment."""
+    import cv2
+
+    from darknet_py.data import DetectionDataset, LabeledImages
+    from darknet_py.data.augment import AugmentConfig
+    rng = np.random.default_rng(3)
+    pixels = np.zeros((24, 40, 3), np.uint8)
+    pixels[:, :20] = (250, 10, 10)  # red left half, noisy blue right half
+    pixels[:, 20:] = rng.integers(0, 60, (24, 20, 3)).astype(np.uint8) + np.uint8([0, 0, 180])
+    tagged = tmp_path / "rotated.jpg"
+    plain = exif_rotated_jpeg(tagged, pixels)
+    assert cv2.imread(str(tagged)).shape == (40, 24, 3)  # the tag is real: OpenCV's default obeys it
+    untagged = cv2.imdecode(np.frombuffer(plain, np.uint8), cv2.IMREAD_COLOR)[:, :, ::-1]
+
+    ours = load_image(tagged)  # detect and map
+    assert ours.shape == (24, 40, 3) and np.array_equal(ours, untagged)
+
+    src = LabeledImages([tagged], [np.zeros((0, 5), np.float32)])
+    sample = DetectionDataset(src, 32, 32)[0]  # map's / -map's evaluation loader
+    assert sample.size == (40, 24) and sample.failed == []
+    aug = AugmentConfig(dialect="alexeyab", classes=1, max_boxes=10, jitter=0.0, hue=0.0,
+                        saturation=1.0, exposure=1.0, flip=False)
+    train = DetectionDataset(src, 32, 32, augment=aug)[0]  # the training loader
+    assert train.size == (40, 24)

@@ -262,3 +262,33 @@ def test_map_command_on_a_perfect_detector(tmp_path, monkeypatch, capsys):
     assert cli_main(["map", str(bad), str(REPO / "cfg" / "tiny-shapes.cfg"), str(weights)]) == 1
     err = capsys.readouterr().err
     assert "darknet-py map: error:" in err and "4 names for classes=5" in err
+
+
+def test_map_command_reads_a_converted_model(tmp_path, capsys):
+    """`map DATA MODEL.pt` (cfg inside) gives the numbers of `map DATA CFG WEIGHTS`."""
+    from darknet_py.cli import main as cli_main
+    from darknet_py.data import make_synthetic_dataset
+    import torch
+
+    from darknet_py.model import Darknet
+
+    data = make_synthetic_dataset(tmp_path / "syn", n_train=1, n_valid=3, size=64, seed=5)
+    cfg = REPO / "cfg" / "tiny-shapes.cfg"
+    torch.manual_seed(0)
+    weights = tmp_path / "w.weights"
+    Darknet(cfg).save_weights(weights)
+    assert cli_main(["convert", "--cfg", str(cfg), str(weights), str(tmp_path / "m.pt")]) == 0
+
+    def numbers(*model: str) -> dict:
+        out = tmp_path / "map.json"
+        assert cli_main(["map", str(data), *model, "--json", str(out), "--workers", "1",
+                         "--thresh", "0.0001"]) == 0
+        return json.loads(out.read_text())
+
+    want = numbers(str(cfg), str(weights))
+    assert want["images"] == 3
+    assert numbers(str(tmp_path / "m.pt")) == want
+    capsys.readouterr()
+    with pytest.raises(SystemExit):  # DATA and three more files is a usage error
+        cli_main(["map", str(data), str(cfg), str(weights), str(weights)])
+    assert "expected DATA CFG WEIGHTS or DATA MODEL" in capsys.readouterr().err

@@ -1,13 +1,20 @@
-"""``darknet-py detect CFG WEIGHTS IMAGES... [--names FILE] [--thresh 0.25] [--nms 0.45]
-[--json OUT] [--save-dir DIR]``
+"""``darknet-py detect CFG WEIGHTS IMAGES...`` or ``darknet-py detect MODEL IMAGES...``
+``[--names FILE] [--thresh 0.25] [--nms 0.45] [--json OUT] [--save-dir DIR]``
 
-IMAGES are files, folders (their image files, sorted) or glob patterns.
+The model is a cfg with its ``.weights`` (or a ``.pt``/``.safetensors`` of the
+same network), or one ``.pt``/``.safetensors`` file that ``convert`` wrote (it
+holds the cfg): a first argument ending in ``.pt``, ``.pth`` or
+``.safetensors`` is such a file.  IMAGES are files, folders (their image
+files, sorted) or glob patterns.
+
 Without ``--json`` it prints darknet's lines (``<image>: Predicted in ...``
 then ``name: NN%`` per detection, in the order of the cfg's darknet); ``--json OUT`` writes
-``[{"image": path, "detections": [{"class_id", "name", "prob", "box": [x1, y1, x2, y2]}]}]``
-(``-`` for stdout); ``--save-dir`` writes annotated copies.  An image that is
-missing or unreadable is reported on stderr by name, the others are still
-processed, and the exit code is 1 if any failed.
+``[{"image": path, "width", "height", "detections": [{"class_id", "name", "prob",
+"box": [x1, y1, x2, y2]}]}]`` (``-`` for stdout); ``--save-dir`` writes annotated
+copies.  An image that is missing or unreadable is reported on stderr by name,
+once, the others are still processed, and the exit code is 1 if any failed.
+Several images show a progress bar on stderr when it is a terminal
+(``--quiet``: never).
 """
 from __future__ import annotations
 
@@ -43,11 +50,33 @@ def expand_images(specs: list[str]) -> list[str]:
     return out
 
 
+def split_inputs(files: list[str]) -> tuple[str, str | None, list[str]]:
+    """(model or cfg, weights or None, images) of the positional arguments:
+    ``MODEL IMAGES...`` when the first is a ``.pt``/``.safetensors`` file,
+    else ``CFG WEIGHTS IMAGES...``.  ValueError when images are missing."""
+    from ..detect import is_model_file
+
+    if files[0].lower().endswith(".weights"):
+        raise ValueError(f"{files[0]}: a darknet .weights file needs its cfg before it: "
+                         f"CFG WEIGHTS IMAGES...")
+    if is_model_file(files[0]):
+        model, weights, images = files[0], None, files[1:]
+    else:
+        model, weights, images = files[0], (files[1] if len(files) > 1 else None), files[2:]
+    if not images:
+        raise ValueError("no IMAGES given: expected CFG WEIGHTS IMAGES... or MODEL IMAGES... "
+                         "(MODEL a .pt/.safetensors that holds its cfg)")
+    return model, weights, images
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="darknet-py detect", description=HELP)
-    p.add_argument("cfg")
-    p.add_argument("weights")
-    p.add_argument("images", nargs="+", help="image files, folders or glob patterns")
+    p = argparse.ArgumentParser(
+        prog="darknet-py detect", description=HELP,
+        usage="darknet-py detect [options] (CFG WEIGHTS | MODEL) IMAGES...")
+    p.add_argument("files", nargs="+", metavar="FILES",
+                   help="CFG and WEIGHTS (.weights, .pt or .safetensors), or one MODEL "
+                        "(.pt/.safetensors written by convert, cfg inside); then image files, "
+                        "folders or glob patterns")
     p.add_argument("--names", help="class names file, one per line (e.g. coco.names)")
     p.add_argument("--thresh", type=float, default=0.25, help="probability threshold (default 0.25)")
     p.add_argument("--hier", type=float, default=0.5, help="hierarchical threshold (default 0.5)")
@@ -61,6 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=8, help="images per forward pass (default 8)")
     p.add_argument("--device", default=None, help="torch device (default cpu)")
     p.add_argument("--dialect", default="auto", choices=["auto", "pjreddie", "alexeyab"])
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
 
@@ -96,46 +126,62 @@ def _draw(path: str, res, save_dir: str) -> None:
     atomic_write(os.path.join(save_dir, stem + ext), buf.tobytes())
 
 
+def _report(res, dialect: str, args: argparse.Namespace) -> bool:
+    """darknet's lines for one image (unless ``--json``), its annotated copy
+    (``--save-dir``); an image that failed is one line on stderr.  False on failure."""
+    from ..progress import echo
+
+    if not res.ok:
+        echo(f"darknet-py detect: {res.error}", err=True)
+        return False
+    if args.json is None:
+        if dialect == "alexeyab":
+            echo(f"{res.image}: Predicted in {res.seconds * 1000:.6f} milli-seconds.")
+        else:
+            echo(f"{res.image}: Predicted in {res.seconds:.6f} seconds.")
+        for d in res.detections:
+            echo(f"{d.name}: {d.prob * 100:.0f}%")
+    if args.save_dir:
+        try:
+            _draw(res.image, res, args.save_dir)
+        except (OSError, DarknetError) as exc:
+            echo(f"darknet-py detect: {res.image}: cannot save annotated image: {exc}", err=True)
+            return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        model_file, weights, specs = split_inputs(args.files)
+    except ValueError as exc:
+        parser.error(str(exc))
     import warnings
 
     from ..cfg import UnusedOptionWarning
-    from ..detect import Detector, read_names
+    from ..detect import Detector, load_detector_model, read_names
     from ..io import atomic_write
-    from ..model import Darknet
+    from ..progress import progress_bar
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UnusedOptionWarning)
-        model = Darknet(args.cfg, dialect=args.dialect)
-    model.load_weights(args.weights)
+        model = load_detector_model(model_file, weights, dialect=args.dialect)
     names = read_names(args.names) if args.names else None
     det = Detector(model, names=names, thresh=args.thresh, hier_thresh=args.hier, nms=args.nms,
                    resize=args.resize, nms_kind=args.nms_kind, device=args.device, batch_size=args.batch)
-    paths = expand_images(args.images)
+    paths = expand_images(specs)
     if not paths:
         print("darknet-py detect: no images found", file=sys.stderr)
         return 1
-    results = det(paths)
-    failed = 0
-    for res in results:
-        if not res.ok:
-            failed += 1
-            print(f"darknet-py detect: {res.error}", file=sys.stderr)
-            continue
-        if args.json is None:
-            if det.post.dialect == "alexeyab":
-                print(f"{res.image}: Predicted in {res.seconds * 1000:.6f} milli-seconds.")
-            else:
-                print(f"{res.image}: Predicted in {res.seconds:.6f} seconds.")
-            for d in res.detections:
-                print(f"{d.name}: {d.prob * 100:.0f}%")
-        if args.save_dir:
-            try:
-                _draw(res.image, res, args.save_dir)
-            except (OSError, DarknetError) as exc:
-                failed += 1
-                print(f"darknet-py detect: {res.image}: cannot save annotated image: {exc}", file=sys.stderr)
+    bar = progress_bar(len(paths), "detect", enabled=False if args.quiet or len(paths) < 2 else None)
+    results, failed = [], 0
+    for start in range(0, len(paths), det.batch_size):  # lines come out as images are done
+        chunk = det(paths[start:start + det.batch_size])
+        results.extend(chunk)
+        failed += sum(not _report(res, det.post.dialect, args) for res in chunk)
+        bar.update(len(chunk))
+    bar.close()
     if args.json is not None:
         text = json.dumps([r.to_json() for r in results if r.ok], indent=1)
         if args.json == "-":

@@ -1,10 +1,14 @@
-"""``darknet-py map DATA CFG WEIGHTS [--points N] [--iou-thresh 0.5] [--thresh 0.005]``
+"""``darknet-py map DATA CFG WEIGHTS`` or ``darknet-py map DATA MODEL``
+``[--points N] [--iou-thresh 0.5] [--thresh 0.005]``
 
 AlexeyAB's ``darknet detector map``: the model runs over the ``valid`` list of
 the ``.data`` file (labels found by the cfg's darknet's label path rule), and
 per-class AP and mAP are printed as AlexeyAB prints them, followed by COCO's
 AP, AP50, AP75, APs/m/l computed by pycocotools on the same detections.
 ``--points`` 0 (area under the curve, default), 11 (VOC 2007) or 101 (COCO).
+The model is a cfg with its ``.weights``/``.pt``/``.safetensors``, or one
+``.pt``/``.safetensors`` that holds its cfg (as ``convert`` writes it).  A
+progress bar shows on stderr when it is a terminal (``--quiet``: never).
 """
 from __future__ import annotations
 
@@ -16,10 +20,12 @@ HELP = "per-class AP and mAP over the valid list (AlexeyAB's detector map) + COC
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="darknet-py map", description=HELP)
+    p = argparse.ArgumentParser(prog="darknet-py map", description=HELP,
+                                usage="darknet-py map [options] DATA (CFG WEIGHTS | MODEL)")
     p.add_argument("data", help="darknet .data file (classes, valid, names)")
-    p.add_argument("cfg", help="network cfg")
-    p.add_argument("weights", help="darknet .weights file")
+    p.add_argument("model", nargs="+", metavar="MODEL",
+                   help="CFG and WEIGHTS (.weights, .pt or .safetensors), or one .pt/.safetensors "
+                        "written by convert (cfg inside)")
     p.add_argument("--points", type=int, default=0, choices=[0, 11, 101],
                    help="0: area under the PR curve (default), 11: VOC2007, 101: COCO")
     p.add_argument("--iou-thresh", type=float, default=0.5,
@@ -34,28 +40,31 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=8, help="images per forward pass (default 8)")
     p.add_argument("--workers", type=int, default=2, help="image decoding threads (default 2)")
     p.add_argument("--dialect", default="auto", choices=["auto", "pjreddie", "alexeyab"])
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if len(args.model) > 2:
+        parser.error(f"expected DATA CFG WEIGHTS or DATA MODEL, got {len(args.model) + 1} files")
     from ..data.datafile import parse_data_file
     from ..data.sources import from_list
+    from ..detect import load_detector_model
     from ..errors import DataError
     from ..metrics import evaluate_model, format_coco_report, format_map_report
-    from ..model import Darknet
 
     data = parse_data_file(args.data)
     names = data.names_list()
-    model = Darknet(args.cfg, dialect=args.dialect)
-    model.load_weights(args.weights)
+    model = load_detector_model(*args.model, dialect=args.dialect)
     heads = [model.module_list[i] for i in model.heads]
     if not heads:
-        raise DataError(f"{args.cfg}: the network has no detection layer")
+        raise DataError(f"{args.model[0]}: the network has no detection layer")
     if heads[-1].classes != data.classes:
-        raise DataError(f"classes={data.classes} but the cfg's last detection layer has "
+        raise DataError(f"{data.setting('classes')} but the cfg's last detection layer has "
                         f"classes={heads[-1].classes}", args.data)
-    valid_list = data.resolve(data.valid)
+    valid_list = data.list_file("valid")
     bases = [valid_list.resolve().parent, data.folder]
     source = from_list(valid_list, data.classes, dialect=model.dialect, bases=bases)
     difficult = None
@@ -70,12 +79,14 @@ def main(argv: list[str] | None = None) -> int:
     ev = evaluate_model(model, source, thresh=args.thresh, iou_thresh=args.iou_thresh,
                         points=args.points, conf_thresh=args.conf_thresh, difficult=difficult,
                         coco=not args.no_coco, device=args.device, batch_size=args.batch,
-                        workers=args.workers, progress=sys.stderr.isatty())
+                        workers=args.workers, progress=not args.quiet and sys.stderr.isatty())
     if source.missing_labels:
         print(f" {len(source.missing_labels)} images have no label file (counted as no objects), "
               f"e.g. {source.missing_labels[0]}", file=sys.stderr)
+    for path in ev.failed:  # one line per image, as detect reports them
+        print(f"darknet-py map: {path}: could not be loaded (skipped)", file=sys.stderr)
     if ev.failed:
-        print(f" {len(ev.failed)} images could not be loaded and were skipped, e.g. {ev.failed[0]}",
+        print(f" {len(ev.failed)} of {len(source)} images could not be loaded and were skipped",
               file=sys.stderr)
     print(format_map_report(ev.result, names))
     if ev.coco is not None:

@@ -35,6 +35,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import DataError
+from ..image import load_image
 from . import image_ops
 from .augment import AugmentConfig, augment
 from .mixup import mixup
@@ -44,6 +45,8 @@ from .rng import coin
 from .sources import LabeledImages
 
 log = logging.getLogger("darknet_py.data")
+#: images whose loading failure was already logged (in this process)
+_REPORTED: set[str] = set()
 
 Key = tuple[int, int, int, int]  # (index, w, h, seed)
 
@@ -98,11 +101,14 @@ class DetectionDataset(Dataset):
 
     def _read(self, index: int, failed: list[str]) -> np.ndarray | None:
         path = self.source.images[index]
-        img = image_ops.load_image(path)
-        if img is None:
-            log.warning("cannot load image %s (skipped)", path)
+        try:
+            return load_image(path)  # the one loader detect and map use too
+        except DataError as exc:
+            if str(path) not in _REPORTED:  # once per image, not at every epoch or mosaic
+                _REPORTED.add(str(path))
+                log.warning("%s (skipped)", exc)
             failed.append(str(path))
-        return img
+            return None
 
     def _read_or_replace(self, index: int, rng: np.random.Generator,
                          failed: list[str]) -> tuple[np.ndarray, np.ndarray, int]:
@@ -260,7 +266,7 @@ def dataset_from_files(data_file: str | os.PathLike, cfg, split: str = "train", 
     data = parse_data_file(data_file)
     aug = AugmentConfig.from_cfg(cfg)
     if aug.classes != data.classes:
-        raise DataError(f"classes={data.classes} but the cfg's detection layer has "
+        raise DataError(f"{data.setting('classes')} but the cfg's detection layer has "
                         f"classes={aug.classes} ({cfg.file})", str(data_file))
     source = from_data_config(data, split, dialect=cfg.dialect)
     w = width or cfg.net["width"]

@@ -13,25 +13,13 @@ Two families, as the two darknets do it:
 
 Interpolation goes through OpenCV (fast, fixed-point weights), so pixel values
 can differ from darknet's float code in the last bits; the geometry (which
-source pixel lands where) is darknet's.
+source pixel lands where) is darknet's.  Files are read by
+:func:`darknet_py.image.load_image`, the loader detection and evaluation use.
 """
 from __future__ import annotations
 
-import os
-
 import cv2
 import numpy as np
-
-
-def load_image(path: str | os.PathLike) -> np.ndarray | None:
-    """``Array[H, W, 3]`` uint8 RGB, or None when the file cannot be decoded."""
-    data = np.fromfile(str(path), dtype=np.uint8) if os.path.isfile(path) else None
-    if data is None or data.size == 0:
-        return None
-    img = cv2.imdecode(data, cv2.IMREAD_COLOR)
-    if img is None or img.ndim != 3 or img.shape[0] == 0 or img.shape[1] == 0:
-        return None
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
 def to_float(img: np.ndarray) -> np.ndarray:

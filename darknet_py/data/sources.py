@@ -73,9 +73,7 @@ def from_data_config(data: DataConfig, split: str = "train", *,
                      dialect: str = "alexeyab") -> LabeledImages:
     """The ``train`` or ``valid`` list of a ``.data`` file (entries resolved
     against the current directory, the list's folder, then the .data folder)."""
-    if split not in ("train", "valid"):
-        raise DataError(f"split must be 'train' or 'valid', got {split!r}")
-    list_file = data.resolve(data.train if split == "train" else data.valid)
+    list_file = data.list_file(split)
     return from_list(list_file, data.classes, dialect=dialect,
                      bases=[list_file.resolve().parent, data.folder])
 

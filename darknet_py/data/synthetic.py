@@ -29,6 +29,7 @@ import numpy as np
 
 from ..errors import DataError
 from ..io import atomic_write
+from ..progress import progress_bar
 from .datafile import write_data_file
 from .labels import format_labels
 
@@ -111,7 +112,8 @@ def render_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nd
     return np.clip(np.rint(img), 0, 255).astype(np.uint8), labels
 
 
-def _write_split(folder: Path, split: str, split_id: int, n: int, size: int, seed: int) -> list[str]:
+def _write_split(folder: Path, split: str, split_id: int, n: int, size: int, seed: int,
+                 bar) -> list[str]:
     (folder / split).mkdir(parents=True, exist_ok=True)
     entries = []
     for i in range(n):
@@ -124,17 +126,19 @@ def _write_split(folder: Path, split: str, split_id: int, n: int, size: int, see
         (folder / f"{name}.png").write_bytes(png.tobytes())
         (folder / f"{name}.txt").write_text(format_labels(labels))
         entries.append(f"{name}.png")
+        bar.update(1)
     return entries
 
 
 def make_synthetic_dataset(root: str | os.PathLike, n_train: int = 800, n_valid: int = 200,
-                           size: int = 160, seed: int = 0) -> Path:
+                           size: int = 160, seed: int = 0, progress: bool | None = None) -> Path:
     """Generate (once) the synthetic dataset in ``root``; returns the ``.data`` path.
 
     A folder already holding this dataset with the same parameters is reused
     as is; one holding anything else is refused (DataError) rather than
     overwritten.  The dataset is built beside ``root`` and renamed into place,
     so concurrent callers (DDP ranks) end up sharing one complete copy.
+    ``progress``: a bar on stderr (None: when stderr is a terminal).
     """
     root = Path(root)
     params = {"version": _VERSION, "n_train": n_train, "n_valid": n_valid, "size": size,
@@ -149,8 +153,9 @@ def make_synthetic_dataset(root: str | os.PathLike, n_train: int = 800, n_valid:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        train = _write_split(tmp, "train", 0, n_train, size, seed)
-        valid = _write_split(tmp, "valid", 1, n_valid, size, seed)
+        with progress_bar(n_train + n_valid, "synthetic dataset", enabled=progress) as bar:
+            train = _write_split(tmp, "train", 0, n_train, size, seed, bar)
+            valid = _write_split(tmp, "valid", 1, n_valid, size, seed, bar)
         atomic_write(tmp / "train.txt", ("\n".join(train) + "\n").encode())
         atomic_write(tmp / "valid.txt", ("\n".join(valid) + "\n").encode())
         atomic_write(tmp / "synthetic.names", ("\n".join(CLASSES) + "\n").encode())
