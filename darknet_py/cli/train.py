@@ -2,21 +2,18 @@
 """Train a darknet model from its cfg the way ``darknet detector train`` does.
 
     python tools/train.py --data DATA --cfg CFG [--weights W] [--clear] [--max-batches N] ...
-    python tools/train.py             built-in job: the packaged tiny-shapes.cfg on synthetic shapes
-    torchrun --nproc_per_node 2 tools/train.py ...      one model trained by several processes
-    darknet-py train ...              this same script (tools/train.py is a copy of
-                                      darknet_py/cli/train.py, kept identical by the tests)
+    python tools/train.py              the built-in job: packaged tiny-shapes.cfg, synthetic shapes
+    torchrun --nproc_per_node 2 tools/train.py ...   several processes, one model
+    darknet-py train ...               the same (tools/train.py is this file, darknet_py/cli/train.py)
 
-Arguments, model, data, the loop.  Every update is darknet's (``Trainer``: its loss deltas,
-batch-norm backward, SGD with burn-in and the rate policy, ``seen``); under torchrun each process
-runs ``batch`` images and Trainer averages the update buffers and rolling statistics, so all hold
-the same weights.  Checkpoints go to backup/ as darknet names them (atomically, with ``seen``);
-``--resume X_last.pt`` also restores the momentum buffers and the sampler.  Ctrl-C writes _last.
+Arguments, model, data, the loop.  Each update is darknet's (``Trainer``: its loss deltas, BN
+backward, SGD with burn-in and the rate policy, ``seen``; under torchrun it averages the update
+buffers and rolling statistics over the processes).  Checkpoints go to backup/ as darknet names
+them; ``--resume X_last.pt`` also restores the momentum buffers and the sampler.  Ctrl-C writes _last.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -32,7 +29,6 @@ from darknet_py import Darknet, DarknetError, Trainer
 from darknet_py.cfg import parse_cfg
 from darknet_py.data import (DarknetUpdateSampler, MultiScaleSchedule, dataset_from_coco,
                              dataset_from_files, from_data_config, parse_data_file, train_loader)
-from darknet_py.io import atomic_write
 from darknet_py.metrics import evaluate_model
 from darknet_py.train import distributed as ddp
 from darknet_py.train import get_lr as darknet_rate
@@ -40,9 +36,9 @@ from darknet_py.train import split_pass
 from darknet_py.train.builtin import DATA_DIR, builtin_cfg, builtin_data
 from darknet_py.train.chart import draw_chart
 from darknet_py.train.checkpoint import (default_map_every, iteration_checkpoint, load_state,
-                                         param_digest, save_state)
+                                         save_state, write_rank_digests)
 from darknet_py.train.checks import check_labels, check_schedule
-from darknet_py.train.report import Log, iteration_line
+from darknet_py.train.report import Log, done_line, header_line, iteration_line
 
 HELP = "fine-tune from a cfg like `darknet detector train` (also: python tools/train.py)"
 HEAD_TYPES = ("yolo", "region", "Gaussian_yolo", "detection")  # lead: replace with layers.heads.HEAD_TYPES at merge
@@ -106,12 +102,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # ---- the cfg with the command line's [net] overrides, the model, darknet's step
     cfg = parse_cfg(args.cfg)
-    for key in NET_FLAGS:
-        if getattr(args, key) is not None:
-            cfg.net.options[key] = getattr(args, key)
-    for sec in cfg.layers:
-        if args.random is not None and sec.type in HEAD_TYPES:
-            sec.options["random"] = args.random
+    cfg.net.options.update({k: getattr(args, k) for k in NET_FLAGS if getattr(args, k) is not None})
+    for sec in (s for s in cfg.layers if args.random is not None and s.type in HEAD_TYPES):
+        sec.options["random"] = args.random
     if args.freeze is not None:
         cfg.layers[args.freeze].options["stopbackward"] = 1
     data = parse_data_file(args.data) if args.data else None
@@ -148,15 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         backup.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=max_batches, initial=start, unit="it", dynamic_ncols=True) \
         if main_rank and not args.no_progress else None
-    log = Log(backup / f"{name}_train.log" if main_rank else None, bar)
-    writer = None
-    if main_rank and args.tensorboard:
-        from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(args.tensorboard)
-    log(f"{name}: {len(model.module_list)} layers, {sum(p.numel() for p in model.parameters())} "
-        f"parameters, batch {trainer.update_batch} = {trainer.subdivisions} x {trainer.mini_batch}, "
-        f"max_batches {max_batches}, starting at iteration {start} (seen {trainer.seen}), "
-        f"{world} process(es) on {device}")
+    log = Log(backup / f"{name}_train.log" if main_rank else None, bar, args.tensorboard)
+    log(header_line(name, model, trainer, world, device))
     for msg, warning in (schedule_msgs, label_msgs):
         log(msg)
         if warning:
@@ -191,8 +177,7 @@ def main(argv: list[str] | None = None) -> int:
                 bar.set_postfix(loss=f"{loss:.3f}", avg=f"{avg_loss:.3f}", lr=f"{lr:.2e}",
                                 img_s=f"{len(batch.images) * world / dt:.1f}", refresh=False)
                 bar.update(min(i, max_batches) - bar.n)
-            for tag, value in (("loss", loss), ("avg_loss", avg_loss), ("lr", lr)) if writer else ():
-                writer.add_scalar(tag, value, i)
+            log.scalars(i, loss=loss, avg_loss=avg_loss, lr=lr)
             if i % args.log_every == 0 or i == max_batches:
                 log(iteration_line(i, loss, avg_loss, lr, dt, images_done, trainer.seen, passes[-1]))
             if valid is not None and main_rank and (i % map_every == 0 or i == max_batches):
@@ -200,8 +185,7 @@ def main(argv: list[str] | None = None) -> int:
                                                workers=args.workers).result.map))
                 model.train()
                 log(f"{i}: mAP@0.5 = {100 * maps[-1][1]:.2f} %")
-                if writer:
-                    writer.add_scalar("mAP50", maps[-1][1], i)
+                log.scalars(i, mAP50=maps[-1][1])
             if i % args.save_every == 0:
                 save("last", resume=True)
                 if main_rank:
@@ -221,19 +205,11 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.perf_counter() - t_start
     if main_rank:
         draw_chart(backup / "chart.png", losses, maps, max_batches)
-        log(f"done: {trainer.iteration - start} iterations (to {trainer.iteration}), seen {trainer.seen}, "
-            f"{seconds:.1f} s, {images_done / max(seconds, 1e-9):.1f} images/s, {failed} images "
-            f"failed to load; wrote {backup / (name + '_final.weights')}")
-        if maps:
-            log(f"final mAP@0.5 = {100 * maps[-1][1]:.2f} %")
-        if writer:
-            writer.close()
-    if world > 1:
-        same, digests = ddp.all_equal(param_digest(model))
-        log(f"ranks' weights identical: {same}")
-        if main_rank:
-            atomic_write(backup / f"{name}_ranks.json", json.dumps({"digests": digests}).encode())
+        log(done_line(trainer, start, seconds, images_done, failed, backup / f"{name}_final.weights", maps))
+    if world > 1:  # every rank must hold the same weights: say so, with their digests
+        log(f"ranks' weights identical: {write_rank_digests(backup / f'{name}_ranks.json', model, main_rank)}")
         ddp.finish()
+    log.close()
     return 0
 
 

@@ -37,6 +37,19 @@ def param_digest(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+def write_rank_digests(path: str | os.PathLike, model, main_rank: bool) -> bool:
+    """Whether every process holds the same weights; the main one writes their
+    digests to ``path`` as ``{"digests": [...]}`` (json)."""
+    import json
+
+    from . import distributed as ddp
+    same, digests = ddp.all_equal(param_digest(model))
+    if main_rank:
+        with atomic_open(Path(path)) as fh:
+            fh.write(json.dumps({"digests": digests}).encode())
+    return same
+
+
 def save_state(path: str | os.PathLike, model, trainer, minibatch: int, cfg_text: str) -> None:
     """The resume checkpoint: what :func:`load_state` needs to continue exactly."""
     state = {"model": model.state_dict(), "trainer": trainer.state_dict(),
