@@ -68,8 +68,9 @@ def load_state(path: str | os.PathLike, model, trainer, device=None) -> int:
     try:
         state = torch.load(file, map_location=device, weights_only=True)
     except Exception as exc:  # torch raises pickle/zip errors of many kinds on a bad file
-        raise CheckpointError(f"not a training checkpoint written by darknet_py ({type(exc).__name__}:"
-                              f" {str(exc).splitlines()[0] if str(exc) else ''})", file) from None
+        hint = "; a darknet .weights file goes to --weights" if file.endswith(".weights") else ""
+        raise CheckpointError(f"not a training checkpoint written by darknet_py (torch.load: "
+                              f"{type(exc).__name__}){hint}", file) from None
     if not isinstance(state, dict) or any(k not in state for k in STATE_KEYS):
         got = sorted(state)[:8] if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(f"not a resume checkpoint: expected the keys {list(STATE_KEYS)}, "
