@@ -112,7 +112,9 @@ class Trainer:
     the update), ``targets`` Tensor[M, 6] rows (image index within the batch,
     class, cx, cy, w, h), normalised.  Returns a :class:`StepResult` (rate,
     counters, per pass the costs, the loss stats and the BN batch statistics).
-    ``step`` = :meth:`forward_backward` + :meth:`update`.  Afterwards
+    ``step`` = :meth:`forward_backward` (``subdivisions`` x :meth:`train_pass`)
+    + :meth:`update`.  Under ``torch.distributed`` every rank calls them on its
+    own images and they keep the ranks identical (see the module doc).  Afterwards
     ``trainer.seen == model.seen`` (so ``save_weights`` writes it),
     ``trainer.iteration`` is darknet's current batch and ``trainer.rate`` the
     rate just used.  :meth:`state_dict` holds what resuming exactly needs
@@ -237,19 +239,19 @@ class Trainer:
             return p.device
         return torch.device("cpu")
 
-    def _check_batch(self, images: Tensor, targets: Tensor) -> None:
-        if images.dim() != 4 or images.shape[0] != self.update_batch:
-            raise DataError(f"an update takes {self.update_batch} images (batch="
-                            f"{self.mini_batch}x{self.subdivisions} subdivisions) as "
-                            f"[{self.update_batch}, C, H, W]; got {tuple(images.shape)}")
+    def _check_batch(self, images: Tensor, targets: Tensor, what: str = "an update") -> None:
+        n = self.update_batch if what == "an update" else self.mini_batch
+        if images.dim() != 4 or images.shape[0] != n:
+            raise DataError(f"{what} takes {n} images (batch {self.update_batch} = "
+                            f"{self.subdivisions} subdivisions x {self.mini_batch}) as "
+                            f"[{n}, C, H, W]; got {tuple(images.shape)}")
         if targets.dim() != 2 or targets.shape[1] != 6:
             raise DataError(f"targets must be [M, 6] rows (image, class, cx, cy, w, h); got "
                             f"{tuple(targets.shape)}")
         if targets.numel():
             idx = targets[:, 0]
-            if bool((idx < 0).any()) or bool((idx >= self.update_batch).any()) or \
-                    bool((idx != idx.floor()).any()):
-                raise DataError(f"targets[:, 0] must be image indices in 0..{self.update_batch - 1}")
+            if bool((idx < 0).any()) or bool((idx >= n).any()) or bool((idx != idx.floor()).any()):
+                raise DataError(f"targets[:, 0] must be image indices in 0..{n - 1}")
 
     def step(self, images: Tensor, targets: Tensor) -> StepResult:
         """One darknet update on ``images`` Tensor[batch, C, H, W] and ``targets`` Tensor[M, 6]:
@@ -274,10 +276,7 @@ class Trainer:
         Tensor[M, 6] (image index within this pass), and darknet's backward added
         into the update buffers.  ``subdivisions`` of them, then :meth:`update`,
         make one darknet update (:func:`split_pass` cuts an update batch)."""
-        if images.dim() != 4 or images.shape[0] != self.mini_batch:
-            raise DataError(f"a pass takes {self.mini_batch} images (batch {self.update_batch} / "
-                            f"{self.subdivisions} subdivisions) as [{self.mini_batch}, C, H, W]; "
-                            f"got {tuple(images.shape)}")
+        self._check_batch(images, targets, "a pass")
         if not self._synced:  # every rank starts from rank 0's weights and statistics
             ddp.broadcast_(self.model.state_dict().values())
             self._synced = True
