@@ -41,8 +41,10 @@ from darknet_py.train.checks import check_labels, check_schedule
 from darknet_py.train.report import Log, done_line, header_line, iteration_line
 
 HELP = "fine-tune from a cfg like `darknet detector train` (also: python tools/train.py)"
-HEAD_TYPES = ("yolo", "region", "Gaussian_yolo", "detection")  # lead: replace with layers.heads.HEAD_TYPES at merge
-NET_FLAGS = ("batch", "subdivisions", "learning_rate", "burn_in", "width", "height", "max_batches", "mosaic")
+# lead: replace with layers.heads.HEAD_TYPES at merge
+HEAD_TYPES = ("yolo", "region", "Gaussian_yolo", "detection")
+NET_FLAGS = ("batch", "subdivisions", "learning_rate", "burn_in", "width", "height", "max_batches",
+             "mosaic")  # the flags that override [net] keys
 __all__ = ["HELP", "build_parser", "iteration_checkpoint", "main"]
 
 
@@ -66,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "4 epochs, at least 100)")
     a("--device", default=None, help="cpu or cuda (default: cuda when available)")
     a("--workers", type=int, default=2, help="DataLoader worker processes (default 2)")
-    g = p.add_argument_group("overrides of the cfg's [net] keys (a flag given wins over the cfg)").add_argument
+    g = p.add_argument_group("overrides of the cfg's [net] keys (a flag given wins)").add_argument
     g("--batch", type=int, help="images per update ([net] batch)")
     g("--subdivisions", type=int, help="passes per update ([net] subdivisions)")
     g("--learning-rate", type=float, help="[net] learning_rate")
@@ -128,10 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     train_set = (dataset_from_coco(*args.coco, cfg, seed=args.seed) if args.coco
                  else dataset_from_files(args.data, cfg, "train", seed=args.seed))
     label_msgs = check_labels(train_set.source, cfg.dialect, "COCO json" if args.coco else "train list")
+    sizes = MultiScaleSchedule.from_cfg(cfg, seed=args.seed, start_iteration=start)  # random=1
     sampler = DarknetUpdateSampler(len(train_set), trainer.mini_batch, subdivisions=trainer.subdivisions,
-                                   size=(model.width, model.height), seed=args.seed, rank=rank,
-                                   schedule=MultiScaleSchedule.from_cfg(cfg, seed=args.seed, start_iteration=start),
-                                   start_minibatch=minibatch)
+                                   size=(model.width, model.height), schedule=sizes, seed=args.seed,
+                                   rank=rank, start_minibatch=minibatch)
     loader = iter(train_loader(train_set, sampler, workers=args.workers, pin_memory=device.type == "cuda"))
     valid = from_data_config(data, "valid", dialect=cfg.dialect) if args.map and data else None
     map_every = args.map_every or default_map_every(len(train_set), trainer.update_batch)
@@ -151,11 +153,13 @@ def main(argv: list[str] | None = None) -> int:
     def get_lr(it: int) -> float:  # darknet's get_current_rate: burn-in, then the cfg's policy
         return darknet_rate(it, trainer.schedule)
 
+    cfg_text = Path(args.cfg).read_text()
+
     def save(tag: str, resume: bool = False) -> None:  # <cfg>_<tag>.weights (+ .pt to resume)
         if main_rank:
             model.save_weights(backup / f"{name}_{tag}.weights", durable=True)
             if resume:
-                save_state(backup / f"{name}_{tag}.pt", model, trainer, minibatch, Path(args.cfg).read_text())
+                save_state(backup / f"{name}_{tag}.pt", model, trainer, minibatch, cfg_text)
 
     losses, maps, avg_loss, failed, images_done, t_start = [], [], -1.0, 0, 0, time.perf_counter()
     try:
@@ -164,8 +168,10 @@ def main(argv: list[str] | None = None) -> int:
             batch = next(loader)  # one update: batch images of one size
             minibatch += trainer.subdivisions
             failed += len(batch.failed)
-            passes = [trainer.train_pass(*split_pass(batch.images, batch.targets, j, trainer.mini_batch))
-                      for j in range(trainer.subdivisions)]  # darknet's subdivisions: seen += mini_batch each
+            passes = []
+            for j in range(trainer.subdivisions):  # darknet's subdivisions, each adding mini_batch to seen
+                x, targets = split_pass(batch.images, batch.targets, j, trainer.mini_batch)
+                passes.append(trainer.train_pass(x, targets))
             lr = get_lr(trainer.iteration)  # the rate of the seen the passes reached
             trainer.update()  # darknet's SGD at get_lr(trainer.iteration); averaged over the processes
             i, dt = trainer.iteration, time.perf_counter() - t0
@@ -205,9 +211,11 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.perf_counter() - t_start
     if main_rank:
         draw_chart(backup / "chart.png", losses, maps, max_batches)
-        log(done_line(trainer, start, seconds, images_done, failed, backup / f"{name}_final.weights", maps))
+        log(done_line(trainer, start, seconds, images_done, failed, backup / f"{name}_final.weights",
+                      maps))
     if world > 1:  # every rank must hold the same weights: say so, with their digests
-        log(f"ranks' weights identical: {write_rank_digests(backup / f'{name}_ranks.json', model, main_rank)}")
+        same = write_rank_digests(backup / f"{name}_ranks.json", model, main_rank)
+        log(f"ranks' weights identical: {same}")
         ddp.finish()
     log.close()
     return 0

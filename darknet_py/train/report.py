@@ -31,7 +31,7 @@ class Log:
         if not self.active:
             return
         if self.bar is not None:
-            self.bar.write(msg)
+            self.bar.write(msg, file=stream)
         else:
             print(msg, file=stream or sys.stdout, flush=True)
         self.fh.write(msg + "\n")
