@@ -8,6 +8,7 @@ setup(
     version="0.1.0",
     description="Darknet .cfg/.weights first-class in PyTorch, with darknet's own numerics and training",
     packages=find_packages(include=["darknet_py", "darknet_py.*"]),
+    package_data={"darknet_py.data": ["builtin/*.cfg"]},
     python_requires=">=3.9",
     install_requires=["torch>=2.1", "numpy", "opencv-python-headless", "pycocotools",
                       "safetensors", "tqdm"],

@@ -62,3 +62,20 @@ class DataError(DarknetError):
 class MissingDependencyError(DarknetError, ImportError):
     """An optional Python module a feature needs is not installed; the message names the
     pip command that installs it (an ``ImportError`` too, so ``except ImportError`` still works)."""
+
+
+class CheckpointError(DarknetError):
+    """A training checkpoint (``.pt`` for ``--resume``, or a state dict given to
+    ``Trainer.load_state_dict``) that does not fit the model it is loaded into.
+
+    Attributes: ``file`` when known.
+    """
+
+    def __init__(self, message: str, file: str | None = None):
+        self.file = file
+        super().__init__(f"{file}: {message}" if file else message)
+
+
+class TrainingError(DarknetError):
+    """A training run that would do nothing useful as configured (e.g. the weights'
+    ``seen`` already puts the schedule past ``max_batches``, or no image has labels)."""

@@ -200,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, fn in CFGS.items():
         (out / name).write_text(fn().text())
         print(f"wrote {out / name}")
+    builtin = ROOT / "darknet_py" / "data" / "builtin" / "tiny-shapes.cfg"  # the built-in job's, packaged
+    builtin.write_text(tiny_shapes().text())
+    print(f"wrote {builtin}")
     return 0
 
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from .augment import AugmentConfig, Colour, Crop, Placement, augment, augment_with
 from .datafile import DataConfig, parse_data_file, read_list, read_names, write_data_file
-from .dataset import (Batch, DarknetBatchSampler, DetectionDataset, Sample, collate,
-                      dataset_from_files, eval_loader, train_loader)
+from .dataset import (Batch, DarknetBatchSampler, DarknetUpdateSampler, DetectionDataset, Sample,
+                      collate, dataset_from_coco, dataset_from_files, eval_loader, train_loader)
 from .labels import label_path, parse_labels, read_labels
 from .multiscale import RESIZE_EVERY, MultiScaleSchedule, pick_random_size
 from .sources import LabeledImages, from_coco, from_data_config, from_list
@@ -22,9 +22,11 @@ from .synthetic import CLASSES as SYNTHETIC_CLASSES
 from .synthetic import make_synthetic_dataset
 
 __all__ = [
-    "AugmentConfig", "Batch", "Colour", "Crop", "DarknetBatchSampler", "DataConfig",
+    "AugmentConfig", "Batch", "Colour", "Crop", "DarknetBatchSampler", "DarknetUpdateSampler",
+    "DataConfig",
     "DetectionDataset", "LabeledImages", "MultiScaleSchedule", "Placement", "RESIZE_EVERY",
-    "SYNTHETIC_CLASSES", "Sample", "augment", "augment_with", "collate", "dataset_from_files",
+    "SYNTHETIC_CLASSES", "Sample", "augment", "augment_with", "collate", "dataset_from_coco",
+    "dataset_from_files",
     "eval_loader", "from_coco", "from_data_config", "from_list", "label_path",
     "make_synthetic_dataset", "parse_data_file", "parse_labels", "pick_random_size",
     "read_labels", "read_list", "read_names", "train_loader", "write_data_file",

@@ -13,7 +13,9 @@ and the collate that builds the loss's targets.
 * :class:`DarknetBatchSampler` draws indices uniformly with replacement, as
   darknet's ``get_random_paths`` does, forever (darknet trains to
   ``max_batches``, not in epochs), with the size of each iteration from a
-  :class:`~darknet_py.data.multiscale.MultiScaleSchedule`.
+  :class:`~darknet_py.data.multiscale.MultiScaleSchedule`;
+  :class:`DarknetUpdateSampler` groups them into whole updates (``batch``
+  images, what :meth:`~darknet_py.Trainer.step` takes).
 * :func:`collate` stacks a :class:`Batch`: ``images`` ``Tensor[B, 3, H, W]``,
   ``targets`` ``Tensor[M, 6]`` rows (image index in batch, class, cx, cy, w, h).
 
@@ -223,6 +225,44 @@ class DarknetBatchSampler(Sampler[list[Key]]):
         return self.num_minibatches
 
 
+class DarknetUpdateSampler(DarknetBatchSampler):
+    """Whole darknet updates: item ``u`` holds the keys of the ``subdivisions``
+    minibatches ``start_minibatch + u*subdivisions ...`` of
+    :class:`DarknetBatchSampler` concatenated (the same images, sizes and seeds,
+    grouped), so a loader yields one update batch of ``minibatch*subdivisions``
+    images of one size, image ``j*minibatch + i`` being image ``i`` of pass ``j``.
+    ``num_updates=None`` iterates forever; ``start_minibatch`` (a resumed run)
+    must be a whole number of updates.
+    """
+
+    def __init__(self, n_items: int, minibatch: int, *, size: tuple[int, int],
+                 subdivisions: int = 1, schedule: MultiScaleSchedule | None = None,
+                 seed: int = 0, rank: int = 0, start_minibatch: int = 0,
+                 num_updates: int | None = None):
+        super().__init__(n_items, minibatch, size=size, subdivisions=subdivisions,
+                         schedule=schedule, seed=seed, rank=rank, start_minibatch=start_minibatch)
+        if start_minibatch % subdivisions:
+            raise DataError(f"start_minibatch={start_minibatch} is not a whole number of updates "
+                            f"of {subdivisions} minibatches")
+        self.num_updates = num_updates
+
+    def update_keys(self, u: int) -> list[Key]:
+        """The keys of update ``u`` (counted from ``start_minibatch``)."""
+        first = self.start_minibatch + u * self.subdivisions
+        return [key for k in range(first, first + self.subdivisions) for key in self.minibatch_keys(k)]
+
+    def __iter__(self) -> Iterator[list[Key]]:
+        for u in itertools.count():
+            if self.num_updates is not None and u >= self.num_updates:
+                return
+            yield self.update_keys(u)
+
+    def __len__(self) -> int:
+        if self.num_updates is None:
+            raise TypeError("an endless DarknetUpdateSampler has no length")
+        return self.num_updates
+
+
 def _worker_init(_: int) -> None:
     # the machine's cores are shared between workers: no nested thread pools
     import cv2
@@ -242,7 +282,7 @@ def _worker_kwargs(workers: int) -> dict:
     return dict(worker_init_fn=_worker_init, multiprocessing_context=WORKER_START)
 
 
-def train_loader(dataset: DetectionDataset, sampler: DarknetBatchSampler, *, workers: int = 0,
+def train_loader(dataset: DetectionDataset, sampler: DarknetBatchSampler | DarknetUpdateSampler, *, workers: int = 0,
                  pin_memory: bool = False) -> DataLoader:
     """A DataLoader over ``sampler``'s minibatches with :func:`collate`."""
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=workers,
@@ -277,5 +317,18 @@ def dataset_from_files(data_file: str | os.PathLike, cfg, split: str = "train", 
                             seed=seed)
 
 
-__all__ = ["Batch", "DarknetBatchSampler", "DetectionDataset", "Sample", "collate",
-           "dataset_from_files", "eval_loader", "train_loader"]
+def dataset_from_coco(annotations: str | os.PathLike, images: str | os.PathLike, cfg, *,
+                      seed: int = 0) -> DetectionDataset:
+    """A training dataset from a COCO json and its image folder, with the cfg's
+    augmentation; the json's category count must be the cfg's classes."""
+    from .sources import from_coco
+    source = from_coco(annotations, images)
+    aug = AugmentConfig.from_cfg(cfg)
+    if source.names is not None and len(source.names) != aug.classes:
+        raise DataError(f"the json has {len(source.names)} categories but the cfg's detection "
+                        f"layer has classes={aug.classes} ({cfg.file})", str(annotations))
+    return DetectionDataset(source, cfg.net["width"], cfg.net["height"], augment=aug, seed=seed)
+
+
+__all__ = ["Batch", "DarknetBatchSampler", "DarknetUpdateSampler", "DetectionDataset", "Sample",
+           "collate", "dataset_from_coco", "dataset_from_files", "eval_loader", "train_loader"]

@@ -29,6 +29,18 @@ AlexeyAB's batch-normalised layers train their beta (the CPU build never
 computes that gradient).  Rolling statistics keep the CPU momentum
 (AlexeyAB 0.9/0.1; its cuDNN build would use 0.99/0.01).  Not reproduced:
 AlexeyAB's GPU-only ``loss_scale`` and NaN/Inf clean-up, Adam (rejected).
+
+Several processes (``torch.distributed`` initialised, e.g. under ``torchrun``):
+each rank runs the passes on its own ``batch`` images; the first pass
+broadcasts rank 0's parameters and buffers, :meth:`Trainer.update` averages
+the update buffers over the ranks before darknet's SGD and the BN rolling
+statistics after it (:mod:`.distributed`).  With ``N`` ranks this is, up to
+float summation order, the update of one process with ``N*batch`` images in
+``N*subdivisions`` passes: that process's buffer is the sum over all passes,
+``N`` times the ranks' average, and it divides by ``N*batch`` where the ranks
+divide by ``batch`` (the weight decay term scales the same way).  Only the
+rolling statistics differ: the mean of ``N`` short sequences of rolling
+updates instead of one long one.
 """
 from __future__ import annotations
 
@@ -39,7 +51,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import CfgError, DataError, UnsupportedLayerError
+from ..errors import CfgError, CheckpointError, DataError, UnsupportedLayerError
+from . import distributed as ddp
 from .darknet_grad import MODES, head_backward, install
 from .schedule import LRSchedule, check_net_keys, get_lr
 from .update import DECAYED, darknet_update_, layer_rate
@@ -99,7 +112,9 @@ class Trainer:
     the update), ``targets`` Tensor[M, 6] rows (image index within the batch,
     class, cx, cy, w, h), normalised.  Returns a :class:`StepResult` (rate,
     counters, per pass the costs, the loss stats and the BN batch statistics).
-    ``step`` = :meth:`forward_backward` + :meth:`update`.  Afterwards
+    ``step`` = :meth:`forward_backward` (``subdivisions`` x :meth:`train_pass`)
+    + :meth:`update`.  Under ``torch.distributed`` every rank calls them on its
+    own images and they keep the ranks identical (see the module doc).  Afterwards
     ``trainer.seen == model.seen`` (so ``save_weights`` writes it),
     ``trainer.iteration`` is darknet's current batch and ``trainer.rate`` the
     rate just used.  :meth:`state_dict` holds what resuming exactly needs
@@ -143,6 +158,10 @@ class Trainer:
                        for i in self._maybe_detached()]
         self.backward = install(model, mode)
         self.last: StepResult | None = None
+        #: processes training together (torch.distributed's world size when initialised)
+        self.world_size = ddp.world_size()
+        self._synced = self.world_size == 1
+        self._passes = 0                    # passes run since the last update
 
     # ------------------------------------------------------------- counters
     @property
@@ -220,19 +239,19 @@ class Trainer:
             return p.device
         return torch.device("cpu")
 
-    def _check_batch(self, images: Tensor, targets: Tensor) -> None:
-        if images.dim() != 4 or images.shape[0] != self.update_batch:
-            raise DataError(f"an update takes {self.update_batch} images (batch="
-                            f"{self.mini_batch}x{self.subdivisions} subdivisions) as "
-                            f"[{self.update_batch}, C, H, W]; got {tuple(images.shape)}")
+    def _check_batch(self, images: Tensor, targets: Tensor, what: str = "an update") -> None:
+        n = self.update_batch if what == "an update" else self.mini_batch
+        if images.dim() != 4 or images.shape[0] != n:
+            raise DataError(f"{what} takes {n} images (batch {self.update_batch} = "
+                            f"{self.subdivisions} subdivisions x {self.mini_batch}) as "
+                            f"[{n}, C, H, W]; got {tuple(images.shape)}")
         if targets.dim() != 2 or targets.shape[1] != 6:
             raise DataError(f"targets must be [M, 6] rows (image, class, cx, cy, w, h); got "
                             f"{tuple(targets.shape)}")
         if targets.numel():
             idx = targets[:, 0]
-            if bool((idx < 0).any()) or bool((idx >= self.update_batch).any()) or \
-                    bool((idx != idx.floor()).any()):
-                raise DataError(f"targets[:, 0] must be image indices in 0..{self.update_batch - 1}")
+            if bool((idx < 0).any()) or bool((idx >= n).any()) or bool((idx != idx.floor()).any()):
+                raise DataError(f"targets[:, 0] must be image indices in 0..{n - 1}")
 
     def step(self, images: Tensor, targets: Tensor) -> StepResult:
         """One darknet update on ``images`` Tensor[batch, C, H, W] and ``targets`` Tensor[M, 6]:
@@ -248,26 +267,38 @@ class Trainer:
         :attr:`updates` holds darknet's pre-update buffers (carry-over + fresh
         negative gradient)."""
         self._check_batch(images, targets)
-        self._refresh_frozen()
+        return [self.train_pass(*split_pass(images, targets, j, self.mini_batch))
+                for j in range(self.subdivisions)]
+
+    def train_pass(self, images: Tensor, targets: Tensor) -> PassResult:
+        """One subdivision pass: ``seen += mini_batch``, a training forward on
+        ``images`` Tensor[mini_batch, C, H, W], the head losses on ``targets``
+        Tensor[M, 6] (image index within this pass), and darknet's backward added
+        into the update buffers.  ``subdivisions`` of them, then :meth:`update`,
+        make one darknet update (:func:`split_pass` cuts an update batch)."""
+        self._check_batch(images, targets, "a pass")
+        if not self._synced:  # every rank starts from rank 0's weights and statistics
+            ddp.broadcast_(self.model.state_dict().values())
+            self._synced = True
+        if self._passes == 0:
+            self._refresh_frozen()
+        self._passes += 1
         device = self._device()
-        images = images.to(device)
-        targets = targets.to(device)
         self.model.train()
-        passes = []
-        for j in range(self.subdivisions):
-            lo = j * self.mini_batch
-            self.seen += self.mini_batch
-            self.model.seen = self.seen      # heads read it (pjreddie region prior term)
-            keep = (targets[:, 0] >= lo) & (targets[:, 0] < lo + self.mini_batch)
-            t = targets[keep].clone()
-            t[:, 0] -= lo
-            passes.append(self._pass(images[lo:lo + self.mini_batch], t))
-        return passes
+        self.seen += self.mini_batch
+        self.model.seen = self.seen      # heads read it (pjreddie region prior term)
+        return self._pass(images.to(device), targets.to(device))
 
     def update(self) -> float:
         """Darknet's ``update_network`` with the rate of the current ``seen``; returns the rate."""
         rate = get_lr(self.iteration, self.schedule)
+        if self.world_size > 1:  # the same update on every rank
+            ddp.average_([self._buffer(key, p) for _, _, _, key, p in self._named_params()])
         self._update(rate)
+        if self.world_size > 1:  # and the same statistics
+            ddp.average_([b for name, b in self.model.named_buffers()
+                          if name.endswith(("rolling_mean", "rolling_variance"))])
+        self._passes = 0
         return rate
 
     def _pass(self, x: Tensor, targets: Tensor) -> PassResult:
@@ -337,14 +368,23 @@ class Trainer:
                 **self.backward.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`'s content; a state that does not fit this
+        model is a :class:`~darknet_py.errors.CheckpointError` saying what differs."""
+        if not isinstance(state, dict) or not isinstance(state.get("updates"), dict) \
+                or "seen" not in state:
+            got = sorted(state)[:8] if isinstance(state, dict) else type(state).__name__
+            raise CheckpointError(f"not a Trainer state: expected the keys 'seen' and 'updates' "
+                                  f"(a dict of tensors), got {got}")
         params = dict(self.model.named_parameters())
         unknown = sorted(set(state["updates"]) - set(params))
         if unknown:
-            raise KeyError(f"update buffers for unknown parameters: {unknown[:5]}")
+            raise CheckpointError(f"update buffers for parameters this model does not have: "
+                                  f"{unknown[:5]} (a state of another network?)")
         for k, v in state["updates"].items():
-            if tuple(v.shape) != tuple(params[k].shape):
-                raise ValueError(f"update buffer {k} has shape {tuple(v.shape)}, the parameter "
-                                 f"{tuple(params[k].shape)}")
+            if not isinstance(v, Tensor) or tuple(v.shape) != tuple(params[k].shape):
+                shape = tuple(v.shape) if isinstance(v, Tensor) else type(v).__name__
+                raise CheckpointError(f"update buffer {k} has shape {shape}, the model's "
+                                      f"parameter {tuple(params[k].shape)} (another cfg?)")
         self.updates = {k: v.detach().to(params[k].device, params[k].dtype).clone()
                         for k, v in state["updates"].items()}
         self.backward.load_state_dict(state, self._device())
@@ -357,3 +397,14 @@ class Trainer:
             h.remove()
         self._hooks = []
         self.backward.remove()
+
+
+def split_pass(images: Tensor, targets: Tensor, j: int, mini_batch: int) -> tuple[Tensor, Tensor]:
+    """Pass ``j`` of an update batch: ``images[j*mini_batch:(j+1)*mini_batch]``
+    (Tensor[mini_batch, C, H, W]) and the rows of ``targets`` Tensor[M, 6] of those
+    images, re-indexed from 0 (darknet's subdivision ``j`` of ``batch``)."""
+    lo = j * mini_batch
+    keep = (targets[:, 0] >= lo) & (targets[:, 0] < lo + mini_batch)
+    t = targets[keep].clone()
+    t[:, 0] -= lo
+    return images[lo:lo + mini_batch], t
