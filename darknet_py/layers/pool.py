@@ -83,7 +83,7 @@ class MaxPool(_Window):
         if (not self.training and self.size <= _SLICE_MAX_SIZE and not torch.jit.is_tracing()
                 and not (torch.is_grad_enabled() and x.requires_grad)):
             if top or bottom or left or right:
-                x = F.pad(x, (left, right, top, bottom), value=-FLT_MAX)
+                x = F.pad(x, (left, right, top, bottom), value=_lowest(x.dtype))
             return self._post(_window_max(x, self.size, self.stride))
         if top == bottom and left == right and 2 * top <= self.size and 2 * left <= self.size:
             # the windows reach equally far out on both sides (none at all, e.g. 2x2/2 on an
@@ -108,6 +108,11 @@ class MaxPool(_Window):
 #: about twice as fast on channels-last inputs (autograd keeps ``max_pool2d``, whose
 #: gradient goes to one position of a tie, as darknet's does)
 _SLICE_MAX_SIZE = 3
+
+
+def _lowest(dtype: torch.dtype) -> float:
+    """darknet's -FLT_MAX, or the lowest finite value of a narrower (bf16/fp16) dtype."""
+    return -FLT_MAX if torch.finfo(dtype).bits >= 32 else float(torch.finfo(dtype).min)
 
 
 def _window_max(x: Tensor, size: int, stride: tuple[int, int]) -> Tensor:
