@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from .activations import _P1F, get_inplace_activation
 from .errors import ConvertError, DarknetError
-from .layers.conv import Convolutional, tensor_key
+from .layers.conv import Convolutional
 
 #: activation name -> (oneDNN post-op, its scalars) fused into the convolution
 _ONEDNN_POSTOPS: dict[str, tuple[str, list[float]]] = {
@@ -104,16 +104,21 @@ class FusedConvolutional(nn.Module):
         return _onednn_conv()
 
     def _packed_weight(self, x: Tensor) -> Tensor:
-        """The weights in oneDNN's blocked layout for inputs like ``x`` (reordered
-        once; again only when the weights change)."""
+        """The weights in oneDNN's blocked layout for inputs like ``x``, reordered once
+        and again when ``weight`` changes through torch (its version counter; writes
+        that bypass it, e.g. through ``.data`` or numpy, need :meth:`repack`)."""
         w = self.weight
-        key = tensor_key(w)
+        key = (id(w), w.data_ptr(), -1 if w.is_inference() else w._version, w.dtype)
         if self._packed.key != key:
             self._packed.value = torch._C._nn.mkldnn_reorder_conv2d_weight(
                 w.contiguous().to_mkldnn(), _pair(self.padding), list(self.stride), _pair(self.dilation),
                 self.groups, list(x.shape))
             self._packed.key = key
         return self._packed.value
+
+    def repack(self) -> None:
+        """Forget the packed weights (rebuilt from ``weight`` on the next call)."""
+        self._packed = _Cache()
 
     def forward(self, x: Tensor) -> Tensor:
         op = self._onednn_ready(x)

@@ -141,19 +141,12 @@ class _BNMixin:
             return scale, beta - self.rolling_mean.detach().double() * scale
 
     def eval_affine(self) -> tuple[Tensor | None, Tensor]:
-        """:meth:`bn_affine64` rounded once to the parameters' dtype, cached until one
-        of the tensors changes (their version counters: loading weights or a training
-        step is seen)."""
-        tensors = [self.biases, *(t for _, t in self._bn_tensors())]
-        key = tuple(tensor_key(t) for t in tensors)
-        cached = self.__dict__.get("_affine_cache")
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        dtype = self.biases.dtype
+        """:meth:`bn_affine64` rounded once to the parameters' dtype.  Recomputed at
+        every call (a few ops on ``Tensor[n]``): weights loaded straight into the
+        parameters' storage are seen at once, no cache can go stale."""
         scale, shift = self.bn_affine64()
-        result = (None if scale is None else scale.to(dtype), shift.to(dtype))
-        self.__dict__["_affine_cache"] = (key, result)
-        return result
+        dtype = self.biases.dtype
+        return (None if scale is None else scale.to(dtype), shift.to(dtype))
 
     def _inference_path(self, x: Tensor) -> bool:
         """Eval mode with no gradient to record: the fast, in-place forward applies."""
@@ -170,12 +163,6 @@ class _BNMixin:
         if scale is None:
             return y.add_(shift.view(shape))
         return torch.addcmul(shift.view(shape), y, scale.view(shape), out=y)
-
-
-def tensor_key(t: Tensor) -> tuple:
-    """What identifies the values of ``t`` for a cache: the tensor, its storage and its
-    version counter (bumped by every in-place change; inference tensors have none)."""
-    return (id(t), t.data_ptr(), -1 if t.is_inference() else t._version, t.device, t.dtype)
 
 
 def binarize_weights(w: Tensor) -> Tensor:
