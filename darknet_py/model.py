@@ -135,7 +135,7 @@ class Darknet(nn.Module):
         and max pooling are much faster so (the same numbers to ~1e-6); training keeps NCHW.
         ``model.channels_last = False`` turns it off."""
         return (not self.training and x.dim() == 4 and x.device.type == "cpu"
-                and getattr(self, "channels_last", None) is not False)
+                and getattr(self, "channels_last", None) is not False and not torch.jit.is_tracing())
 
     def forward(self, x: Tensor) -> list[Tensor]:
         res = self.forward_all(x)

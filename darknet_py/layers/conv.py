@@ -149,8 +149,9 @@ class _BNMixin:
         return (None if scale is None else scale.to(dtype), shift.to(dtype))
 
     def _inference_path(self, x: Tensor) -> bool:
-        """Eval mode with no gradient to record: the fast, in-place forward applies."""
-        if self.training:
+        """Eval mode with no gradient to record: the fast, in-place forward applies
+        (not under tracing, where exporters want the plain ops)."""
+        if self.training or torch.jit.is_tracing() or torch.jit.is_scripting():
             return False
         if not torch.is_grad_enabled():
             return True
