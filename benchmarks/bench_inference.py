@@ -1,5 +1,6 @@
-"""CPU inference speed: darknet_py (unfused / fused / channels_last) vs OpenCV DNN
-vs pytorchyolo, side by side, with ratios.  Not a test.
+"""CPU inference speed: darknet_py (the plain eval module, ``for_inference()`` in
+fp32/bf16, and variants: see ENGINES) vs OpenCV DNN vs pytorchyolo, side by side,
+with ratios.  Not a test; ``bench_speed.py`` puts its numbers in issue 14's table.
 
     python benchmarks/bench_inference.py [--threads 2] [--repeat 10] [--models tiny,yolov3]
 

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from .activations import _P1F, get_inplace_activation
 from .errors import ConvertError, DarknetError
-from .layers.conv import Convolutional
+from .layers.conv import Convolutional, tensor_key
 
 #: activation name -> (oneDNN post-op, its scalars) fused into the convolution
 _ONEDNN_POSTOPS: dict[str, tuple[str, list[float]]] = {
@@ -108,7 +108,7 @@ class FusedConvolutional(nn.Module):
         and again when ``weight`` changes through torch (its version counter; writes
         that bypass it, e.g. through ``.data`` or numpy, need :meth:`repack`)."""
         w = self.weight
-        key = (id(w), w.data_ptr(), -1 if w.is_inference() else w._version, w.dtype)
+        key = tensor_key(w)
         if self._packed.key != key:
             self._packed.value = torch._C._nn.mkldnn_reorder_conv2d_weight(
                 w.contiguous().to_mkldnn(), _pair(self.padding), list(self.stride), _pair(self.dilation),

@@ -6,6 +6,7 @@ from typing import Iterable
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.graph import increment_version
 
 from . import layers as _layers  # noqa: F401  (registers the builders)
 from .builder import BuildContext, Shape, build_layer
@@ -183,6 +184,11 @@ class Darknet(nn.Module):
                      allow_trailing: bool = False, allow_partial: bool = True) -> LoadReport:
         report = load_weights(self, path, cutoff, allow_trailing, allow_partial)
         self.seen = report.header.seen
+        # the loader may read straight into the storage, which torch does not see: bump the
+        # version counters so what is derived from the weights (eval_affine) is redone
+        for t in self.state_dict(keep_vars=True).values():
+            if not t.is_inference():
+                increment_version(t)
         return report
 
     def save_weights(self, path: str | os.PathLike, cutoff: int | None = None,

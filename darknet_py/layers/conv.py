@@ -141,12 +141,21 @@ class _BNMixin:
             return scale, beta - self.rolling_mean.detach().double() * scale
 
     def eval_affine(self) -> tuple[Tensor | None, Tensor]:
-        """:meth:`bn_affine64` rounded once to the parameters' dtype.  Recomputed at
-        every call (a few ops on ``Tensor[n]``): weights loaded straight into the
-        parameters' storage are seen at once, no cache can go stale."""
+        """:meth:`bn_affine64` rounded once to the parameters' dtype, cached until one
+        of its tensors changes: the key holds their version counters, which every
+        in-place torch op bumps (``Darknet.load_weights``, which reads straight into
+        the storage, bumps them itself; a write through ``.data`` or numpy does not)."""
+        tensors = [self.biases, *(t for _, t in self._bn_tensors())]
+        key = tuple(tensor_key(t) for t in tensors)
+        cached = self.__dict__.get("_affine_cache")
+        if cached is not None and cached[0] == key:
+            return cached[1]
         scale, shift = self.bn_affine64()
         dtype = self.biases.dtype
-        return (None if scale is None else scale.to(dtype), shift.to(dtype))
+        result = (None if scale is None else scale.to(dtype), shift.to(dtype))
+        if not any(t.is_inference() for t in tensors):  # those have no version counter
+            self.__dict__["_affine_cache"] = (key, result)
+        return result
 
     def _inference_path(self, x: Tensor) -> bool:
         """Eval mode with no gradient to record: the fast, in-place forward applies
@@ -164,6 +173,12 @@ class _BNMixin:
         if scale is None:
             return y.add_(shift.view(shape))
         return torch.addcmul(shift.view(shape), y, scale.view(shape), out=y)
+
+
+def tensor_key(t: Tensor) -> tuple:
+    """What identifies the values of ``t`` for a cache: the tensor, its storage and its
+    version counter (inference tensors have none: -1)."""
+    return (id(t), t.data_ptr(), -1 if t.is_inference() else t._version, t.device, t.dtype)
 
 
 def binarize_weights(w: Tensor) -> Tensor:
