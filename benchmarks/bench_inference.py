@@ -139,8 +139,8 @@ def _make_engine(engine: str, cfg: str, weights: str, x_np, threads: int):
     elif engine == "fast-conv2d":              # fast without the oneDNN fused call (A/B)
         net = model.for_inference()
         for layer in net.module_list:
-            if hasattr(layer, "postop"):
-                layer.postop = None
+            if hasattr(layer, "use_onednn"):
+                layer.use_onednn = False
     elif engine.startswith("fast"):            # model.for_inference(): what detect runs
         precision = engine.split("-")[1] if "-" in engine else "fp32"
         net = model.for_inference(precision=precision)

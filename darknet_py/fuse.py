@@ -27,39 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .activations import _P1F, get_inplace_activation
+from .activations import get_inplace_activation
 from .errors import ConvertError, DarknetError
+from .layers import onednn
 from .layers.conv import Convolutional, tensor_key
-
-#: activation name -> (oneDNN post-op, its scalars) fused into the convolution
-_ONEDNN_POSTOPS: dict[str, tuple[str, list[float]]] = {
-    "leaky": ("leaky_relu", [_P1F]),
-    "relu": ("relu", []),
-    "linear": ("none", []),
-}
-
-
-def _onednn_conv():
-    """``torch.ops.mkldnn._convolution_pointwise`` where this torch build has it, else None
-    (a private op: anything else falls back to ``conv2d`` + the activation)."""
-    if not torch.backends.mkldnn.is_available():
-        return None
-    return getattr(torch.ops.mkldnn, "_convolution_pointwise", None)
-
-
-class _Cache:
-    """Derived tensors a module keeps across calls; dropped on copy and pickling
-    (they are rebuilt from the parameters on the next call)."""
-
-    def __init__(self) -> None:
-        self.key = None
-        self.value = None
-
-    def __deepcopy__(self, memo) -> "_Cache":
-        return _Cache()
-
-    def __getstate__(self) -> dict:
-        return {"key": None, "value": None}
 
 
 class FusedConvolutional(nn.Module):
@@ -82,8 +53,8 @@ class FusedConvolutional(nn.Module):
         self.bias = nn.Parameter(shift.to(conv.weights.dtype), requires_grad=False)
         self.act_name = conv.act_name
         self.activation = get_inplace_activation(conv.act_name) or conv.activation
-        self.postop = _ONEDNN_POSTOPS.get(conv.act_name)
-        self._packed = _Cache()
+        self.use_onednn = True   # False: conv2d + the activation (A/B in the benchmarks)
+        self._packed = onednn.Cache()
 
     @property
     def is_head(self) -> bool:
@@ -93,39 +64,26 @@ class FusedConvolutional(nn.Module):
         raise ConvertError(f"layer {self.index}: a fused model cannot be saved as darknet weights "
                            f"(its batch norm is folded into the convolution); save the unfused model")
 
-    def _onednn_ready(self, x: Tensor):
-        """The oneDNN op when it applies to ``x``: CPU, float32/bfloat16, a fusable
-        activation, nothing recording gradients or tracing."""
-        if (self.postop is None or x.device.type != "cpu" or x.dim() != 4
-                or x.dtype not in (torch.float32, torch.bfloat16) or x.dtype != self.weight.dtype
-                or (torch.is_grad_enabled() and x.requires_grad)
-                or torch.jit.is_tracing() or torch.jit.is_scripting()):
-            return None
-        return _onednn_conv()
-
     def _packed_weight(self, x: Tensor) -> Tensor:
         """The weights in oneDNN's blocked layout for inputs like ``x``, reordered once
         and again when ``weight`` changes through torch (its version counter; writes
         that bypass it, e.g. through ``.data`` or numpy, need :meth:`repack`)."""
-        w = self.weight
-        key = tensor_key(w)
+        key = tensor_key(self.weight)
         if self._packed.key != key:
-            self._packed.value = torch._C._nn.mkldnn_reorder_conv2d_weight(
-                w.contiguous().to_mkldnn(), _pair(self.padding), list(self.stride), _pair(self.dilation),
-                self.groups, list(x.shape))
+            self._packed.value = onednn.pack(self.weight, self.padding, self.stride, self.dilation,
+                                             self.groups, x)
             self._packed.key = key
         return self._packed.value
 
     def repack(self) -> None:
         """Forget the packed weights (rebuilt from ``weight`` on the next call)."""
-        self._packed = _Cache()
+        self._packed.clear()
 
     def forward(self, x: Tensor) -> Tensor:
-        op = self._onednn_ready(x)
+        op = onednn.op_for(x, self.weight.dtype, self.act_name) if self.use_onednn else None
         if op is not None:
-            name, scalars = self.postop
-            return op(x, self._packed_weight(x), self.bias, _pair(self.padding), list(self.stride),
-                      _pair(self.dilation), self.groups, name, scalars, "")
+            return onednn.run(op, x, self._packed_weight(x), self.bias, self.padding, self.stride,
+                              self.dilation, self.groups, self.act_name)
         y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
         return self.activation(y)
 
@@ -133,10 +91,6 @@ class FusedConvolutional(nn.Module):
         c, h, w = self.in_shape
         oc, oh, ow = self.out_shape
         return f"{self.index}: fused convolutional {c}x{h}x{w} -> {oc}x{oh}x{ow} {self.act_name}"
-
-
-def _pair(v) -> list[int]:
-    return list(v) if isinstance(v, (tuple, list)) else [int(v), int(v)]
 
 
 def fuse(model, inplace: bool = False):

@@ -101,7 +101,7 @@ def test_fused_packed_weights_follow_changes(conformance, manifest):
         layer.weight.data.mul_(2.0)    # bypasses the version counter: repack() says so
         layer.repack()
         restored = fast(x)
-        layer.postop = None            # conv2d + activation: the unpacked weights
+        layer.use_onednn = False       # conv2d + activation: the unpacked weights
         plain = fast(x)
         layer.weight.mul_(0.5)
         halved = fast(x)

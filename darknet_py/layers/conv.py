@@ -36,6 +36,7 @@ from ..activations import CHANNELWISE, get_activation, get_inplace_activation
 from ..builder import BuildContext, register
 from ..cfg import Section
 from ..errors import UnsupportedLayerError
+from . import onednn
 from .base import DarknetLayer, flat
 from .norm import BN_EPS, CONNECTED_ROLLING, batchnorm
 
@@ -340,15 +341,51 @@ class Convolutional(_BNMixin, DarknetLayer):
 
     def forward(self, x: Tensor) -> Tensor:
         if self._inference_path(x):
-            # inference: BN + bias as one precomputed affine and the activation, both in
-            # place on the convolution's fresh output (equal to the formula below to ~1e-6
-            # of the layer's range; tests/test_conformance_forward.py checks it against darknet)
-            y = self._affine_inplace(self.conv(x))
-            act = get_inplace_activation(self.act_name)
-            y = act(y) if act is not None else self.activation(y)
+            y = self._inference_forward(x)
         else:
             y = self.activation(self._norm_bias(self.conv(x)))
         return self.blur(y) if self.blur is not None else y
+
+    def _inference_forward(self, x: Tensor) -> Tensor:
+        """Eval mode, no gradient: equal to the formulas to ~1e-6 of the layer's range
+        (tests/test_conformance_forward.py checks it against darknet).  On CPU one oneDNN
+        call on BN-folded, packed weights; elsewhere BN + bias as one precomputed affine
+        and the activation, both in place on the convolution's fresh output."""
+        op = onednn.op_for(x, self.weights.dtype, self.act_name) if self.is_plain else None
+        if op is not None:
+            packed, bias = self._folded_packed(x)
+            return onednn.run(op, x, packed, bias, self.padding, self.stride, self.dilation,
+                              self.groups, self.act_name)
+        y = self._affine_inplace(self.conv(x))
+        act = get_inplace_activation(self.act_name)
+        return act(y) if act is not None else self.activation(y)
+
+    def _folded_packed(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(weights with BN folded in, in oneDNN's layout; bias): ``w * scale`` and
+        ``shift`` of :meth:`bn_affine64`, rounded once.  Kept until a parameter changes
+        (version counters, as :meth:`eval_affine`) or the layer goes back to training."""
+        tensors = [self.weights, self.biases, *(t for _, t in self._bn_tensors())]
+        key = tuple(tensor_key(t) for t in tensors)
+        cache = self.__dict__.get("_onednn_cache")
+        if cache is None:
+            cache = self.__dict__["_onednn_cache"] = onednn.Cache()
+        if cache.key == key and cache.value is not None:
+            return cache.value
+        scale, shift = self.bn_affine64()
+        w = self.weights.detach().double()
+        if scale is not None:
+            w = w * scale.view(-1, 1, 1, 1)
+        dtype = self.weights.dtype
+        value = (onednn.pack(w.to(dtype), self.padding, self.stride, self.dilation, self.groups, x),
+                 shift.to(dtype))
+        cache.key = None if any(t.is_inference() for t in tensors) else key
+        cache.value = value
+        return value
+
+    def train(self, mode: bool = True):
+        if mode and "_onednn_cache" in self.__dict__:
+            self.__dict__["_onednn_cache"].clear()  # training changes the weights: free the copy
+        return super().train(mode)
 
     def flops(self) -> float:
         c = self.in_shape[0]
