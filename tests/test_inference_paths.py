@@ -167,3 +167,27 @@ def test_bf16_detections_agree_or_refused(conformance, manifest):
             total += 1
     assert total >= 3
     assert json.dumps([d.to_json() for d in bf16[0].detections])  # float32 outputs, plain floats
+
+
+@pytest.mark.parametrize("dialect,act", [("alexeyab", "mish"), ("pjreddie", "logistic"),
+                                         ("pjreddie", "leaky"), ("alexeyab", "linear")])
+def test_affine_path_per_activation(dialect, act):
+    """Activations oneDNN does not fuse take the in-place affine path; every path =
+    the formula path to 1e-5 of the layer's range, NCHW and channels-last."""
+    cfg = (f"[net]\nwidth=10\nheight=10\nchannels=5\n"
+           f"[convolutional]\nbatch_normalize=1\nfilters=7\nsize=3\nstride=1\npad=1\nactivation={act}\n"
+           f"[convolutional]\nfilters=6\nsize=1\nstride=1\npad=1\nactivation={act}\n")
+    model = Darknet(cfg, dialect=dialect).eval()
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+        conv = model.module_list[0]
+        conv.rolling_mean.copy_(torch.randn(7, generator=g))
+        conv.rolling_variance.copy_(torch.rand(7, generator=g) + 0.1)
+    x = torch.randn(3, 5, 10, 10, generator=g)
+    ref = _formula(model, x)[0]
+    with torch.no_grad():
+        for channels_last in (False, None):
+            model.channels_last = channels_last
+            assert _close(model(x)[0], ref)
