@@ -172,17 +172,17 @@ def main(argv: list[str] | None = None) -> int:
           f"{os.environ.get('OMP_NUM_THREADS', 'unset')}, torch.set_num_threads({args.threads}), "
           f"cv2.setNumThreads({args.threads}); load average {load0[0]:.1f} before, {load1[0]:.1f} after")
     print(f"latency: median ms per batch (min) over {args.repeat} interleaved rounds, 416x416\n")
-    print(f"| {'model':10s} | {'batch':5s} | {'plain ms':>16s} | {'fast ms':>16s} | {'bf16 ms':>16s} | "
+    print(f"| {'model':11s} | {'batch':5s} | {'plain ms':>16s} | {'fast ms':>16s} | {'bf16 ms':>16s} | "
           f"{'OpenCV ms':>16s} | {'fast/OpenCV':>11s} | {'plain/fast':>10s} | {'bf16/fast':>9s} | "
           f"{'fast/pytorchyolo':>16s} |")
-    print("|" + "|".join("-" * (w + 2) for w in (10, 5, 16, 16, 16, 16, 11, 10, 9, 16)) + "|")
+    print("|" + "|".join("-" * (w + 2) for w in (11, 5, 16, 16, 16, 16, 11, 10, 9, 16)) + "|")
     for name, batch, r in rows:
         label = "yolov3-tiny" if name == "tiny" else "yolov3"
         if "error" in r:
-            print(f"| {label:10s} | {batch:5d} | failed: {r['error'][:80]}")
+            print(f"| {label:11s} | {batch:5d} | failed: {r['error'][:80]}")
             continue
         g = r.get
-        print(f"| {label:10s} | {batch:5d} | {_fmt(g('plain')):>16s} | {_fmt(g('fast')):>16s} | "
+        print(f"| {label:11s} | {batch:5d} | {_fmt(g('plain')):>16s} | {_fmt(g('fast')):>16s} | "
               f"{_fmt(g('fast-bf16')):>16s} | {_fmt(g('opencv')):>16s} | "
               f"{_ratio(g('fast'), g('opencv')):>11s} | {_ratio(g('plain'), g('fast')):>10s} | "
               f"{_ratio(g('fast-bf16'), g('fast')):>9s} | {_ratio(g('fast'), g('pytorchyolo')):>16s} |")
