@@ -1,5 +1,6 @@
-"""CPU inference speed: darknet_py (unfused / fused / channels_last) vs OpenCV DNN
-vs pytorchyolo, side by side, with ratios.  Not a test.
+"""CPU inference speed: darknet_py (the plain eval module, ``for_inference()`` in
+fp32/bf16, and variants: see ENGINES) vs OpenCV DNN vs pytorchyolo, side by side,
+with ratios.  Not a test; ``bench_speed.py`` puts its numbers in issue 14's table.
 
     python benchmarks/bench_inference.py [--threads 2] [--repeat 10] [--models tiny,yolov3]
 
@@ -130,29 +131,25 @@ def _make_engine(engine: str, cfg: str, weights: str, x_np, threads: int):
     model.load_weights(weights)
     model.eval()
     x = torch.from_numpy(x_np)
-    if engine == "ours-unfused-nograd":
-        def fn():
-            with torch.no_grad():
-                model(x)
-    elif engine == "ours-unfused-inference":
-        def fn():
-            with torch.inference_mode():
-                model(x)
-    elif engine == "ours-fused":
-        fm = inference_model(model)
-
-        def fn():
-            with torch.inference_mode():
-                fm(x)
-    elif engine == "ours-fused-cl":
-        fm = inference_model(model, channels_last=True)
-        xc = x.contiguous(memory_format=torch.channels_last)
-
-        def fn():
-            with torch.inference_mode():
-                fm(xc)
+    if engine in ("plain", "plain-nchw"):      # the README's module: eval() + no_grad
+        model.channels_last = engine == "plain"
+        net = model
+    elif engine == "fused-nchw":
+        net = inference_model(model, channels_last=False)
+    elif engine == "fast-conv2d":              # fast without the oneDNN fused call (A/B)
+        net = model.for_inference()
+        for layer in net.module_list:
+            if hasattr(layer, "use_onednn"):
+                layer.use_onednn = False
+    elif engine.startswith("fast"):            # model.for_inference(): what detect runs
+        precision = engine.split("-")[1] if "-" in engine else "fp32"
+        net = model.for_inference(precision=precision)
     else:
         raise SystemExit(f"unknown engine {engine}")
+
+    def fn():
+        with torch.no_grad():
+            net(x)
     return fn
 
 
@@ -227,8 +224,13 @@ def _sub(args: list[str], omp_wait_policy: str | None = None) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-ENGINES = ["ours-unfused-nograd", "ours-unfused-inference", "ours-fused", "ours-fused-cl", "opencv",
-           "pytorchyolo"]
+#: plain: ``Darknet(...).eval()`` under no_grad (the README's module); plain-nchw: the same
+#: with ``model.channels_last = False``; fused-nchw: BN folded, NCHW; fast:
+#: ``model.for_inference()`` (folded, one oneDNN call per conv, channels-last), fast-bf16 /
+#: fast-fp16 its reduced precisions; fast-conv2d: fast with conv2d + activation instead
+#: of the fused oneDNN call
+ENGINES = ["plain", "plain-nchw", "fused-nchw", "fast", "fast-bf16", "opencv", "pytorchyolo"]
+OURS = ("plain", "fused", "fast")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -299,7 +301,8 @@ def _report(args, workdir: Path) -> None:
                 peak = f"{r['peak_mb']:9.0f}" if r.get("peak_mb") else "        -"
                 print(f"  {e:24s} {r['seconds'] * 1000:10.1f} {r['min'] * 1000:8.1f} "
                       f"{r['seconds'] / batch * 1000:10.1f} {ratio:>10s} {peak}")
-            ours = [(r["seconds"], e) for e, r in rows.items() if e.startswith("ours") and "seconds" in r]
+            ours = [(r["seconds"], e) for e, r in rows.items() if e.startswith(OURS) and "seconds" in r
+                    and e.split("-")[-1] not in ("bf16", "fp16")]
             if not ours:
                 continue
             best = min(ours)

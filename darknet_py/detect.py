@@ -68,19 +68,23 @@ class Detector:
     ``[net] letter_box``).  ``nms=0`` disables NMS; ``nms_kind`` overrides the
     cfg's AlexeyAB ``nms_kind``.  The network runs with batch norm folded and,
     by default, channels_last activations (faster with oneDNN on CPU, same
-    numbers to ~1e-6; see benchmarks/bench_inference.py).
+    numbers to ~1e-6; see benchmarks/bench_inference.py).  ``channels_last=None``:
+    on CPU.  ``precision``: ``"fp32"`` (darknet's numbers), ``"bf16"`` (CPUs with
+    AVX512_BF16/AMX, CUDA) or ``"fp16"`` (CUDA); refused where the hardware lacks it.
     """
 
     def __init__(self, model, names: Sequence[str] | None = None, thresh: float = 0.25,
                  hier_thresh: float = 0.5, nms: float = 0.45, resize: str | None = None,
                  nms_kind: str | None = None, device: torch.device | str | None = None,
-                 batch_size: int = 8, fuse: bool = True, channels_last: bool = True):
+                 batch_size: int = 8, fuse: bool = True, channels_last: bool | None = None,
+                 precision: str = "fp32"):
         if not model.heads:
             raise DarknetError("the network has no detection head ([yolo], [region], [detection])")
         self.device = torch.device(device) if device is not None else next(
             (p.device for p in model.parameters()), torch.device("cpu"))
-        self.channels_last = channels_last
-        self.model = inference_model(model, fuse_bn=fuse, channels_last=channels_last).to(self.device)
+        self.model = inference_model(model, fuse_bn=fuse, channels_last=channels_last,
+                                     precision=precision, device=self.device)
+        self.channels_last = self.model.channels_last
         self.net_w, self.net_h = model.width, model.height
         letter_box = int(model.net.options.get("letter_box", 0) or 0)
         self.resize = resize or default_resize_mode(model.dialect, letter_box)
@@ -207,7 +211,7 @@ def detect(model, images, weights: str | os.PathLike | None = None, **kw) -> lis
     ``images``: one or several paths or ``uint8 [H, W, 3]`` RGB arrays.
     Keyword arguments go to :class:`Detector` (``names``, ``thresh``,
     ``hier_thresh``, ``nms``, ``resize``, ``nms_kind``, ``device``,
-    ``batch_size``, ``channels_last``).
+    ``batch_size``, ``channels_last``, ``precision``).
     """
     if not isinstance(model, torch.nn.Module):
         model = load_detector_model(model, weights)

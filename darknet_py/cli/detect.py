@@ -91,6 +91,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="torch device (default cpu)")
     p.add_argument("--dialect", default="auto", choices=["auto", "pjreddie", "alexeyab"])
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="network precision: fp32 (darknet's numbers, default), bf16 (CPU with "
+                        "AVX512_BF16/AMX, or CUDA), fp16 (CUDA); refused where the hardware lacks it")
     return p
 
 
@@ -169,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         model = load_detector_model(model_file, weights, dialect=args.dialect)
     names = read_names(args.names) if args.names else None
     det = Detector(model, names=names, thresh=args.thresh, hier_thresh=args.hier, nms=args.nms,
-                   resize=args.resize, nms_kind=args.nms_kind, device=args.device, batch_size=args.batch)
+                   resize=args.resize, nms_kind=args.nms_kind, device=args.device, batch_size=args.batch,
+                   precision=args.precision)
     paths = expand_images(specs)
     if not paths:
         print("darknet-py detect: no images found", file=sys.stderr)

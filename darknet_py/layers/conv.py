@@ -32,12 +32,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..activations import CHANNELWISE, get_activation
+from ..activations import CHANNELWISE, get_activation, get_inplace_activation
 from ..builder import BuildContext, register
 from ..cfg import Section
 from ..errors import UnsupportedLayerError
+from . import onednn
 from .base import DarknetLayer, flat
-from .norm import CONNECTED_ROLLING, batchnorm
+from .norm import BN_EPS, CONNECTED_ROLLING, batchnorm
 
 
 def c_div(a: int, b: int) -> int:
@@ -126,6 +127,63 @@ class _BNMixin:
         if add is not None:
             return add(x, self.biases)
         return x + self.biases.view(self._bias_shape(x))
+
+    def bn_affine64(self) -> tuple[Tensor | None, Tensor]:
+        """Eval-mode BN + bias as one per-unit affine ``y = x * scale + shift`` in
+        float64 (``Tensor[n]`` each): ``scale = scales / std``, ``shift = biases -
+        rolling_mean * scale`` with the dialect's std (pjreddie ``sqrt(var) + 1e-6``,
+        AlexeyAB ``sqrt(var + 1e-5)``).  Without BN: (None, biases)."""
+        with torch.no_grad():
+            beta = self.biases.detach().double()
+            if not self.batch_normalize:
+                return None, beta
+            var = self.rolling_variance.detach().double()
+            if self.dialect == "pjreddie":
+                std = torch.sqrt(var) + BN_EPS["pjreddie"]
+            else:
+                std = torch.sqrt(var + BN_EPS["alexeyab"])
+            scale = self.scales.detach().double() / std
+            return scale, beta - self.rolling_mean.detach().double() * scale
+
+    def eval_affine(self) -> tuple[Tensor | None, Tensor]:
+        """:meth:`bn_affine64` rounded once to the parameters' dtype, cached until one
+        of its tensors changes: the key holds their version counters, which every
+        in-place torch op bumps (``Darknet.load_weights``, which reads straight into
+        the storage, bumps them itself; a write through ``.data`` or numpy does not)."""
+        tensors = [self.biases, *(t for _, t in self._bn_tensors())]
+        key = tuple(tensor_key(t) for t in tensors)
+        cached = self.__dict__.get("_affine_cache")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        scale, shift = self.bn_affine64()
+        dtype = self.biases.dtype
+        result = (None if scale is None else scale.to(dtype), shift.to(dtype))
+        if not any(t.is_inference() for t in tensors):  # those have no version counter
+            self.__dict__["_affine_cache"] = (key, result)
+        return result
+
+    def _inference_path(self, x: Tensor) -> bool:
+        """Eval mode with no gradient to record: the fast, in-place forward applies
+        (not under tracing, where exporters want the plain ops)."""
+        if self.training or torch.jit.is_tracing() or torch.jit.is_scripting():
+            return False
+        if not torch.is_grad_enabled():
+            return True
+        return not x.requires_grad and not any(p.requires_grad for p in self.parameters())
+
+    def _affine_inplace(self, y: Tensor) -> Tensor:
+        """``y * scale + shift`` over dim 1, written into ``y`` (a tensor the layer made)."""
+        scale, shift = self.eval_affine()
+        shape = self._bias_shape(y)
+        if scale is None:
+            return y.add_(shift.view(shape))
+        return torch.addcmul(shift.view(shape), y, scale.view(shape), out=y)
+
+
+def tensor_key(t: Tensor) -> tuple:
+    """What identifies the values of ``t`` for a cache: the tensor, its storage and its
+    version counter (inference tensors have none: -1)."""
+    return (id(t), t.data_ptr(), -1 if t.is_inference() else t._version, t.device, t.dtype)
 
 
 def binarize_weights(w: Tensor) -> Tensor:
@@ -286,8 +344,52 @@ class Convolutional(_BNMixin, DarknetLayer):
         return y.reshape(nb, n, oh, ow)
 
     def forward(self, x: Tensor) -> Tensor:
-        y = self.activation(self._norm_bias(self.conv(x)))
+        if self._inference_path(x):
+            y = self._inference_forward(x)
+        else:
+            y = self.activation(self._norm_bias(self.conv(x)))
         return self.blur(y) if self.blur is not None else y
+
+    def _inference_forward(self, x: Tensor) -> Tensor:
+        """Eval mode, no gradient: equal to the formulas to ~1e-6 of the layer's range
+        (tests/test_conformance_forward.py checks it against darknet).  On CPU one oneDNN
+        call on BN-folded, packed weights; elsewhere BN + bias as one precomputed affine
+        and the activation, both in place on the convolution's fresh output."""
+        op = onednn.op_for(x, self.weights.dtype, self.act_name) if self.is_plain else None
+        if op is not None:
+            packed, bias = self._folded_packed(x)
+            return onednn.run(op, x, packed, bias, self.padding, self.stride, self.dilation,
+                              self.groups, self.act_name)
+        y = self._affine_inplace(self.conv(x))
+        act = get_inplace_activation(self.act_name)
+        return act(y) if act is not None else self.activation(y)
+
+    def _folded_packed(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(weights with BN folded in, in oneDNN's layout; bias): ``w * scale`` and
+        ``shift`` of :meth:`bn_affine64`, rounded once.  Kept until a parameter changes
+        (version counters, as :meth:`eval_affine`) or the layer goes back to training."""
+        tensors = [self.weights, self.biases, *(t for _, t in self._bn_tensors())]
+        key = tuple(tensor_key(t) for t in tensors)
+        cache = self.__dict__.get("_onednn_cache")
+        if cache is None:
+            cache = self.__dict__["_onednn_cache"] = onednn.Cache()
+        if cache.key == key and cache.value is not None:
+            return cache.value
+        scale, shift = self.bn_affine64()
+        w = self.weights.detach().double()
+        if scale is not None:
+            w = w * scale.view(-1, 1, 1, 1)
+        dtype = self.weights.dtype
+        value = (onednn.pack(w.to(dtype), self.padding, self.stride, self.dilation, self.groups, x),
+                 shift.to(dtype))
+        cache.key = None if any(t.is_inference() for t in tensors) else key
+        cache.value = value
+        return value
+
+    def train(self, mode: bool = True):
+        if mode and "_onednn_cache" in self.__dict__:
+            self.__dict__["_onednn_cache"].clear()  # training changes the weights: free the copy
+        return super().train(mode)
 
     def flops(self) -> float:
         c = self.in_shape[0]

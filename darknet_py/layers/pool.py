@@ -80,6 +80,11 @@ class MaxPool(_Window):
             return _channel_max(x, self.out_shape[0])
         h, w = int(x.shape[-2]), int(x.shape[-1])   # plain ints under tracing too
         (top, bottom), (left, right) = self._reach(h, 0), self._reach(w, 1)
+        if (not self.training and self.size <= _SLICE_MAX_SIZE and not torch.jit.is_tracing()
+                and not (torch.is_grad_enabled() and x.requires_grad)):
+            if top or bottom or left or right:
+                x = F.pad(x, (left, right, top, bottom), value=_lowest(x.dtype))
+            return self._post(_window_max(x, self.size, self.stride))
         if top == bottom and left == right and 2 * top <= self.size and 2 * left <= self.size:
             # the windows reach equally far out on both sides (none at all, e.g. 2x2/2 on an
             # even size; or SPP's centred windows): torch's own padding, which every window
@@ -96,6 +101,34 @@ class MaxPool(_Window):
         out = c_div(n + self.padding - self.size, self.stride[axis]) + 1
         after = max(0, (out - 1) * self.stride[axis] - before + self.size - n)
         return before, after
+
+
+#: windows up to this size are pooled by elementwise maxima of shifted views when no
+#: gradient is recorded: the same values as ``max_pool2d``, without its index output,
+#: about twice as fast on channels-last inputs (autograd keeps ``max_pool2d``, whose
+#: gradient goes to one position of a tie, as darknet's does)
+_SLICE_MAX_SIZE = 3
+
+
+def _lowest(dtype: torch.dtype) -> float:
+    """darknet's -FLT_MAX, or the lowest finite value of a narrower (bf16/fp16) dtype."""
+    return -FLT_MAX if torch.finfo(dtype).bits >= 32 else float(torch.finfo(dtype).min)
+
+
+def _window_max(x: Tensor, size: int, stride: tuple[int, int]) -> Tensor:
+    """``Tensor[N, C, H, W] -> Tensor[N, C, (H - size)/sy + 1, (W - size)/sx + 1]``:
+    the max of each size x size window (no padding)."""
+    sy, sx = stride
+    oh = (x.shape[-2] - size) // sy + 1
+    ow = (x.shape[-1] - size) // sx + 1
+    views = [x[:, :, dy: dy + sy * (oh - 1) + 1: sy, dx: dx + sx * (ow - 1) + 1: sx]
+             for dy in range(size) for dx in range(size)]
+    if len(views) == 1:
+        return views[0].clone()
+    y = torch.maximum(views[0], views[1])
+    for v in views[2:]:
+        torch.maximum(y, v, out=y)
+    return y
 
 
 def _channel_max(x: Tensor, out_c: int) -> Tensor:

@@ -239,7 +239,13 @@ class Upsample(DarknetLayer):
             per = c * oh * s * ow * s
             blocks = x.reshape(-1)[: n * per].reshape(n, c, oh, s, ow, s)
             return (self.scale * blocks).sum(dim=(3, 5))
-        y = x.repeat_interleave(s, dim=2).repeat_interleave(s, dim=3)
+        if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+            # a channels-last (inference) input: the same copy done in NHWC keeps that layout
+            n, c, h, w = x.shape
+            y = x.permute(0, 2, 3, 1)[:, :, None, :, None, :].expand(n, h, s, w, s, c)
+            y = y.reshape(n, h * s, w * s, c).permute(0, 3, 1, 2)
+        else:
+            y = x.repeat_interleave(s, dim=2).repeat_interleave(s, dim=3)
         return y if self.scale == 1.0 else self.scale * y
 
 
