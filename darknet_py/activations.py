@@ -139,8 +139,28 @@ def ramp_pj(x: Tensor) -> Tensor:
     return x * _mask(x > 0, x) + 0.1 * x
 
 
+class _LeakyPj(torch.autograd.Function):
+    """pjreddie's leaky with darknet's own gradient: ``leaky_gradient(y) = (y>0) ? 1 : .1``
+    applied to the delta in double, i.e. the correctly rounded ``g/10`` where the output is
+    not positive (at ``x == 0`` too, where autograd of ``maximum`` would split the gradient).
+    One ``where`` in the backward, instead of autograd's masks through ``maximum``."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
+        y = torch.maximum(x, x / 10)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> Tensor:  # type: ignore[override]
+        (y,) = ctx.saved_tensors
+        return torch.where(y > 0, g, g / 10)
+
+
 def leaky_pj(x: Tensor) -> Tensor:
     """``(x>0) ? x : .1*x`` (double) == correctly rounded ``x/10`` (the larger of x, x/10)."""
+    if x.requires_grad and torch.is_grad_enabled() and not torch.jit.is_tracing():
+        return _LeakyPj.apply(x)
     return torch.maximum(x, x / 10)
 
 

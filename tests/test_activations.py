@@ -286,3 +286,14 @@ def test_normalize_channels_by_hand():
     small = torch.tensor([0.0, 0.0]).view(1, 2, 1, 1)
     assert get_activation("normalize_channels_softmax", "alexeyab")(small).flatten().tolist() == \
         pytest.approx([1 / 2.0001, 1 / 2.0001], rel=1e-6)
+
+
+def test_pjreddie_leaky_gradient_is_darknets():
+    """leaky_gradient(y) = (y > 0) ? 1 : .1, applied to the delta in double: g where the
+    output is positive, (float)(.1 * g) elsewhere, x == 0 included (autograd of max(x, x/10)
+    would give 0.55 g there)."""
+    x = torch.tensor([-3.0, -1e-30, 0.0, 1e-30, 2.5], requires_grad=True)
+    g = torch.tensor([0.7, 1.3, 1.0, -2.0, 0.3])
+    ACTIVATIONS["pjreddie"]["leaky"](x).backward(g)
+    want = [float(np.float32(0.1 * float(np.float32(v)))) for v in g[:3].tolist()] + g[3:].tolist()
+    assert x.grad.tolist() == want
