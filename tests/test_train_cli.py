@@ -112,11 +112,18 @@ def test_iteration_checkpoint_rule():
     assert train_cli.iteration_checkpoint(10000, "alexeyab")
 
 
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_ddp_two_processes_identical_weights(data, tmp_path):
     """torchrun with 2 CPU processes (gloo): both ranks end with the same weights;
     only rank 0 writes checkpoints and the log."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", "29517", str(REPO / "tools" / "train.py"), "--data", data,
+           "--master_port", str(_free_port()), str(REPO / "tools" / "train.py"), "--data", data,
            "--backup", str(tmp_path), *FAST, "--max-batches", "2", "--device", "cpu"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]

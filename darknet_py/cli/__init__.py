@@ -24,7 +24,7 @@ COMMANDS: dict[str, str] = {
     "detect": "darknet_py.cli.detect",
     "convert": "darknet_py.cli.convert",
     "partial": "darknet_py.cli.partial",
-    "inspect": "darknet_py.cli.inspect",
+    "inspect": "darknet_py.cli.inspect_cmd",
     "map": "darknet_py.cli.map",
     "train": "darknet_py.cli.train",
 }
