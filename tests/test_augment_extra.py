@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from darknet_py.cfg import parse_cfg
-from darknet_py.data import (AugmentConfig, Crop, DarknetBatchSampler, DetectionDataset,
+from darknet_py.data import (AugmentConfig, CropJitter, DarknetBatchSampler, DetectionDataset,
                              augment_with, dataset_from_files,
                              make_synthetic_dataset, train_loader)
 from darknet_py.data.augment import (UNSUPPORTED_NET_KEYS, AlexeyABAugmenter, detector_mixup_mode,
@@ -260,7 +260,7 @@ def test_gaussian_noise_saturates_and_clamps():
 def test_augment_with_noise_and_blur_is_reproducible():
     img = np.full((40, 50, 3), 90, np.uint8)
     labels = np.array([[0, .5, .5, .4, .5]], np.float32)
-    crop = Crop(0, 0, 0, 0, blur=1, noise=12, noise_seed=77)
+    crop = CropJitter(0, 0, 0, 0, blur=1, noise=12, noise_seed=77)
     a, ta = augment_with(img, labels, crop, 64, 48, _cfg())
     b, tb = augment_with(img, labels, crop, 64, 48, _cfg())
     assert np.array_equal(a, b) and np.array_equal(ta, tb)

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from darknet_py.cfg import parse_cfg
-from darknet_py.data import (AugmentConfig, Crop, DarknetBatchSampler, DetectionDataset,
+from darknet_py.data import (AugmentConfig, CropJitter, DarknetBatchSampler, DetectionDataset,
                              LabeledImages, MultiScaleSchedule, Placement, SYNTHETIC_CLASSES,
                              augment, augment_with, collate, dataset_from_files, from_coco,
                              from_data_config, from_list, label_path, make_synthetic_dataset,
@@ -218,7 +218,7 @@ def test_alexeyab_crop_flip_by_hand():
     img = np.zeros((80, 100, 3), np.uint8)
     img[30:50, 40:60] = 255
     labels = np.array([[1, .5, .5, .2, .25]], np.float32)
-    crop = Crop(10, -10, 5, 15, flip=True)
+    crop = CropJitter(10, -10, 5, 15, flip=True)
     out, truth = augment_with(img, labels, crop, 100, 60, _cfg("alexeyab"))
     np.testing.assert_allclose(truth, [[1, .6, 35 / 60, .2, 20 / 60]], atol=1e-6)
     # the pixels agree: the white block is where the box says (output = crop size, no scaling)
@@ -293,7 +293,7 @@ def test_clipping_and_dropping_rules():
       kept by pjreddie (>= .001)."""
     labels = np.array([[0, .25, .5, .2, .2], [1, .1, .5, .1, .2], [2, .9, .5, .2, .2],
                        [3, .5025, .5, .005, .2]], np.float32)
-    crop = Crop(20, 0, 0, 0)
+    crop = CropJitter(20, 0, 0, 0)
     ab = augment_with(np.zeros((100, 100, 3), np.uint8), labels, crop, 80, 100, _cfg("alexeyab"))[1]
     np.testing.assert_allclose(ab, [[0, .09375, .5, .1875, .2], [2, .875, .5, .25, .2]], atol=1e-6)
     # pjreddie: the same corrected boxes through its rule: B (w 0) leaves an empty slot and

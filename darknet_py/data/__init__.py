@@ -11,7 +11,7 @@
 """
 from __future__ import annotations
 
-from .augment import AugmentConfig, Colour, Crop, Placement, augment, augment_with
+from .augment import AugmentConfig, Colour, CropJitter, Placement, augment, augment_with
 from .datafile import DataConfig, parse_data_file, read_list, read_names, write_data_file
 from .dataset import (Batch, DarknetBatchSampler, DarknetUpdateSampler, DetectionDataset, Sample,
                       collate, dataset_from_coco, dataset_from_files, eval_loader, train_loader)
@@ -22,7 +22,7 @@ from .synthetic import CLASSES as SYNTHETIC_CLASSES
 from .synthetic import make_synthetic_dataset
 
 __all__ = [
-    "AugmentConfig", "Batch", "Colour", "Crop", "DarknetBatchSampler", "DarknetUpdateSampler",
+    "AugmentConfig", "Batch", "Colour", "CropJitter", "DarknetBatchSampler", "DarknetUpdateSampler",
     "DataConfig",
     "DetectionDataset", "LabeledImages", "MultiScaleSchedule", "Placement", "RESIZE_EVERY",
     "SYNTHETIC_CLASSES", "Sample", "augment", "augment_with", "collate", "dataset_from_coco",

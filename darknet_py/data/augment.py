@@ -175,7 +175,7 @@ class Placement:
 
 
 @dataclass(frozen=True)
-class Crop:
+class CropJitter:
     """AlexeyAB: the crop ``[pleft, W - pright) x [ptop, H - pbot)`` (pixels,
     negative = padding) of the original image, resized to the network input;
     then ``blur`` (the drawn value, before darknet limits it by the smallest
@@ -251,7 +251,7 @@ def _precalc(lo: float, hi: float, r: float) -> float:
 
 class AlexeyABAugmenter:
     def sample(self, rng: np.random.Generator, ow: int, oh: int, w: int, h: int,
-               cfg: AugmentConfig) -> Crop:
+               cfg: AugmentConfig) -> CropJitter:
         dw, dh = int(ow * cfg.jitter), int(oh * cfg.jitter)
         down = cfg.resize if cfg.resize <= 1.0 else 1.0 / cfg.resize
         up = cfg.resize if cfg.resize >= 1.0 else 1.0 / cfg.resize
@@ -278,9 +278,9 @@ class AlexeyABAugmenter:
             else:
                 delta = (oh * net_ar - ow) / 2
                 pleft, pright = int(pleft - delta), int(pright - delta)
-        return Crop(pleft, pright, ptop, pbot, flip, colour, blur, noise, noise_seed)
+        return CropJitter(pleft, pright, ptop, pbot, flip, colour, blur, noise, noise_seed)
 
-    def image(self, img: np.ndarray, p: Crop, w: int, h: int,
+    def image(self, img: np.ndarray, p: CropJitter, w: int, h: int,
               truth: np.ndarray | None = None) -> np.ndarray:
         return image_ops.to_float(alexeyab_pixels(img, p, w, h, truth))
 
@@ -329,7 +329,7 @@ def effective_blur(blur: int, truth: np.ndarray | None, w: int, h: int) -> int:
     return blur
 
 
-def alexeyab_pixels(img: np.ndarray, p: Crop, w: int, h: int,
+def alexeyab_pixels(img: np.ndarray, p: CropJitter, w: int, h: int,
                     truth: np.ndarray | None = None) -> np.ndarray:
     """AlexeyAB's ``image_data_augmentation``: crop (mean-colour padding), resize,
     flip, HSV jitter, blur, gaussian noise, all on uint8.  ``truth``

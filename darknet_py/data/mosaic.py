@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 
 from . import image_ops
-from .augment import AlexeyABAugmenter, AugmentConfig, Crop, alexeyab_pixels, transform_truth
+from .augment import AlexeyABAugmenter, AugmentConfig, CropJitter, alexeyab_pixels, transform_truth
 from .rng import coin, rand_int
 from .truth import blend_truth_mosaic
 
@@ -24,7 +24,7 @@ from .truth import blend_truth_mosaic
 MIN_OFFSET = 0.2
 
 
-def _to_corner(c: Crop, quadrant: int) -> Crop:
+def _to_corner(c: CropJitter, quadrant: int) -> CropJitter:
     """Move the crop's padding so the image sits against the cut corner."""
     l, r, t, b = c.pleft, c.pright, c.ptop, c.pbot
     # all horizontal slack on the side away from the cut (mirrored by a flip)

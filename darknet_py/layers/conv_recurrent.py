@@ -56,7 +56,8 @@ from ..activations import get_activation
 from ..builder import BuildContext, register
 from ..cfg import Section
 from ..init import INITIALISERS
-from .conv import Convolutional, activation_for, c_div, unsupported
+from .common import activation_for, c_div, unsupported
+from .conv import Convolutional
 from .sequence import SequenceLayer, positive
 
 __all__ = ["CRNN", "ConvLSTM", "History", "fix_nan_and_inf", "constrain"]

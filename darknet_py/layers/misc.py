@@ -10,7 +10,7 @@ from ..builder import BuildContext, register
 from ..cfg import Section
 from ..tree import Tree, check_tree_size, group_softmax, load_tree
 from .base import DarknetLayer, flat
-from .conv import activation_for
+from .common import activation_for
 
 
 class Dropout(DarknetLayer):

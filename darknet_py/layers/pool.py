@@ -14,7 +14,8 @@ from torch import Tensor
 from ..builder import BuildContext, register
 from ..cfg import Section
 from .base import DarknetLayer
-from .conv import Blur, blur_out_shape, c_div, unsupported
+from .blur import Blur, blur_out_shape
+from .common import c_div, unsupported
 
 FLT_MAX = float(torch.finfo(torch.float32).max)
 

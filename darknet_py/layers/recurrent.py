@@ -75,7 +75,8 @@ from torch import Tensor, nn
 from ..activations import Activation, get_activation
 from ..builder import BuildContext, register
 from ..cfg import Section
-from .conv import _BNMixin, activation_for
+from .common import activation_for
+from .conv import _BNMixin
 from .norm import CONNECTED_ROLLING, batch_stats, normalize, update_rolling
 from .sequence import SequenceLayer, positive, time_steps
 

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from ..builder import BuildContext, register
 from ..cfg import Section
 from .base import DarknetLayer, flat
-from .conv import activation_for, unsupported
+from .common import activation_for, unsupported
 
 
 class Route(DarknetLayer):

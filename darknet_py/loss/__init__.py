@@ -14,7 +14,7 @@ from typing import Any, Callable
 from torch import Tensor
 
 from ..errors import UnsupportedLayerError
-from ..layers.heads import HEAD_CLASSES, Detection, GaussianYolo, Region, Yolo, is_head
+from ..layers.heads import HEAD_CLASSES, DetectionHead, GaussianYolo, Region, Yolo, is_head
 
 LossFn = Callable[..., tuple[Tensor, dict[str, Any]]]
 
@@ -24,7 +24,7 @@ LOSSES: dict[str, LossFn] = {t: cls.loss for t, cls in HEAD_CLASSES.items()}
 yolo_loss = Yolo.loss
 gaussian_yolo_loss = GaussianYolo.loss
 region_loss = Region.loss
-detection_loss = Detection.loss
+detection_loss = DetectionHead.loss
 
 
 def head_loss(head: Any, x: Tensor, targets: Tensor, input_hw: tuple[int, int]) -> tuple[Tensor, dict[str, Any]]:

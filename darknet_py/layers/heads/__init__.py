@@ -18,11 +18,11 @@ from .base import HEAD_CLASSES, Head, is_head, traceable_head_types
 from .yolo import Yolo, YoloParams
 from .gaussian_yolo import GaussianParams, GaussianYolo
 from .region import Region, RegionParams
-from .detection import Detection, DetectionParams
+from .detection import DetectionHead, DetectionParams
 
 #: the section types that are detection heads (derived from the registered classes)
 HEAD_TYPES: frozenset[str] = frozenset(HEAD_CLASSES)
 
 __all__ = ["HEAD_CLASSES", "HEAD_TYPES", "Head", "is_head", "traceable_head_types",
            "Yolo", "YoloParams", "GaussianYolo", "GaussianParams", "Region", "RegionParams",
-           "Detection", "DetectionParams"]
+           "DetectionHead", "DetectionParams"]

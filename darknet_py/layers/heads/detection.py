@@ -247,7 +247,7 @@ def decode_detection(p: DetectionParams, out: Tensor, ctx: DecodeContext) -> Det
 
 # ================================================================ the layer
 @register_head
-class Detection(Head):
+class DetectionHead(Head):
     """[detection] (yolov1): the flat connected output, [side*side][classes] class
     scores, [side*side][n] confidences, [side*side][n][coords] boxes; with
     softmax=1 the class scores of each cell get a softmax, otherwise nothing is

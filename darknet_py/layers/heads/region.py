@@ -24,7 +24,7 @@ from ...postprocess import (CORRECTIONS, DecodeContext, Detections, F32, F64, an
                             class_probs, correct_boxes_alexeyab, grid_cells, logistic_f32)
 from ...tree import (Tree, check_tree_size, group_softmax, hierarchy_predictions,
                      hierarchy_top_prediction, last_above, load_class_map, load_tree)
-from ..conv import unsupported
+from ..common import unsupported
 from .base import DialectParams, Head, check_channels, read_anchors, register_head, where_of
 from .delta import DeltaResult, delta_loss, f32, logistic_gradient
 from .region_targets import region_delta
