@@ -18,8 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-if not __package__ and (Path(__file__).resolve().parents[1] / "darknet_py").is_dir():
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+if not __package__ and (Path(__file__).absolute().parents[1] / "darknet_py").is_dir():
+    sys.path.insert(0, str(Path(__file__).absolute().parents[1]))  # run from a checkout
 
 import numpy as np
 import torch
