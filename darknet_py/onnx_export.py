@@ -1,0 +1,375 @@
+"""ONNX export of a darknet model, checked against torch layer by layer.
+
+* :func:`export_onnx` writes the graph (dynamic batch) with the head outputs as
+  the model returns them in eval mode, or decoded boxes (:class:`BoxDecoder`);
+* :class:`TeacherForced` runs every layer on given inputs so that each layer's
+  ONNX graph is checked on its own (:func:`_probe_layers`), and a layer ONNX
+  cannot express is named with its cfg line;
+* :func:`exact_arithmetic_gaps` tells float rounding amplified by depth from a
+  wrong graph by comparing both runtimes with float64 torch.
+
+``darknet_py.convert`` re-exports these names (``convert x.weights x.onnx``).
+"""
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .errors import ConvertError, DarknetError
+from .io import atomic_write
+from .model import Darknet
+
+
+# ---------------------------------------------------------------- decoding (traceable)
+
+def _yolo_like(head, y: Tensor, net_hw: tuple[int, int], grid_units: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """[N, A, P, H, W] -> boxes [N, A, H, W, 4], objectness [N, A, H, W], class [N, A, C, H, W]."""
+    n, _, h, w = y.shape
+    a = len(head.mask) if hasattr(head, "mask") else head.n
+    v = y.view(n, a, head.per_anchor, h, w)
+    anchors = [head.anchors[m] for m in (head.mask if hasattr(head, "mask") else range(a))]
+    aw = y.new_tensor([p[0] for p in anchors]).view(1, a, 1, 1)
+    ah = y.new_tensor([p[1] for p in anchors]).view(1, a, 1, 1)
+    gx = torch.arange(w, device=y.device, dtype=y.dtype).view(1, 1, 1, w)
+    gy = torch.arange(h, device=y.device, dtype=y.dtype).view(1, 1, h, 1)
+    bx = (gx + v[:, :, 0]) / w
+    by = (gy + v[:, :, 1]) / h
+    den_w, den_h = (w, h) if grid_units else (net_hw[1], net_hw[0])
+    if getattr(head, "new_coords", 0):
+        bw = v[:, :, 2] * v[:, :, 2] * 4 * aw / den_w
+        bh = v[:, :, 3] * v[:, :, 3] * 4 * ah / den_h
+    else:
+        bw = torch.exp(v[:, :, 2]) * aw / den_w
+        bh = torch.exp(v[:, :, 3]) * ah / den_h
+    coords = getattr(head, "coords", 4)
+    return torch.stack([bx, by, bw, bh], dim=-1), v[:, :, coords], v[:, :, coords + 1:]
+
+
+def _decode_yolo(head, y: Tensor, net_hw: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
+    """darknet's get_yolo_detections order: location-major, anchor-minor."""
+    boxes, obj, cls = _yolo_like(head, y, net_hw, grid_units=False)
+    n = y.shape[0]
+    return (boxes.permute(0, 2, 3, 1, 4).reshape(n, -1, 4),
+            obj.permute(0, 2, 3, 1).reshape(n, -1),
+            (obj.unsqueeze(2) * cls).permute(0, 3, 4, 1, 2).reshape(n, -1, cls.shape[2]))
+
+
+def _decode_region(head, y: Tensor, net_hw: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
+    """darknet's get_region_detections: anchors in grid units, anchor-major order."""
+    boxes, obj, cls = _yolo_like(head, y, net_hw, grid_units=True)
+    if head.background:
+        obj = torch.ones_like(obj)
+    n = y.shape[0]
+    return (boxes.reshape(n, -1, 4), obj.reshape(n, -1),
+            (obj.unsqueeze(2) * cls).permute(0, 1, 3, 4, 2).reshape(n, -1, cls.shape[2]))
+
+
+#: head type -> traceable decoder (head, eval output, (net_h, net_w)) -> (boxes, objectness, scores)
+DECODERS: dict[str, Callable[..., tuple[Tensor, Tensor, Tensor]]] = {
+    "yolo": _decode_yolo,
+    "region": _decode_region,
+}
+
+
+class BoxDecoder(nn.Module):
+    """The model with its heads decoded, all in torch (so it exports to ONNX).
+
+    ``forward(x: Tensor[N, C, H, W])`` -> ``(boxes Tensor[N, K, 4], scores
+    Tensor[N, K, classes], objectness Tensor[N, K])``: boxes are centre x, y,
+    w, h relative to the network input (darknet's ``get_network_boxes`` with the
+    image size equal to the network size), ``scores`` = objectness x class
+    probability, rows in darknet's detection order, heads in layer order.
+    Thresholding and NMS are left to the caller, as darknet does them.
+    """
+
+    def __init__(self, model: Darknet):
+        super().__init__()
+        heads = [model.module_list[i] for i in model.heads]
+        if not heads:
+            raise ConvertError(f"{model.cfg.file}: the network has no detection head to decode")
+        for h in heads:
+            s = h.section
+            if h.type not in DECODERS:
+                raise ConvertError(f"{s.file}:{s.line}: layer {h.index} [{s.name}]: decoded-box export "
+                                   f"supports {', '.join('[%s]' % t for t in DECODERS)} heads, not "
+                                   f"[{h.type}]; export the raw head outputs instead")
+            if getattr(h, "tree", None) is not None:
+                raise ConvertError(f"{s.file}:{s.line}: layer {h.index} [{s.name}]: decoded-box export "
+                                   f"does not do the tree= (hierarchical) class decode; export the raw "
+                                   f"head outputs instead")
+        classes = {h.classes for h in heads}
+        if len(classes) > 1:
+            raise ConvertError(f"{model.cfg.file}: heads with different class counts {sorted(classes)} "
+                               f"cannot be decoded into one score tensor")
+        self.model = model
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        outs = self.model(x)
+        net_hw = (self.model.height, self.model.width)
+        parts = [DECODERS[self.model.module_list[i].type](self.model.module_list[i], y, net_hw)
+                 for i, y in zip(self.model.heads, outs)]
+        boxes = torch.cat([p[0] for p in parts], dim=1)
+        objectness = torch.cat([p[1] for p in parts], dim=1)
+        scores = torch.cat([p[2] for p in parts], dim=1)
+        return boxes, scores, objectness
+
+
+# ---------------------------------------------------------------- ONNX
+
+class _Outputs(nn.Module):
+    """The model returning a tuple (what the exporter wants)."""
+
+    def __init__(self, model: Darknet):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        return tuple(self.model(x))
+
+
+class TeacherForced(nn.Module):
+    """Every layer of ``model`` run on given inputs (the outputs of its sources).
+
+    ``forward(*feeds)`` takes one tensor per index in ``self.feeds`` (-1 = the
+    network input) and returns every layer's output: exported to ONNX, each
+    layer is checked on its own, free of the rounding a deep network amplifies.
+    """
+
+    def __init__(self, model: Darknet, layers: Sequence[int] | None = None):
+        super().__init__()
+        self.model = model
+        self.layers = list(range(len(model.module_list))) if layers is None else list(layers)
+        self.feeds = sorted({s for i in self.layers for s in model.module_list[i].sources})
+
+    def forward(self, *feeds: Tensor) -> tuple[Tensor, ...]:
+        src = dict(zip(self.feeds, feeds))
+        return tuple(self.model.module_list[i](*(src[s] for s in self.model.module_list[i].sources))
+                     for i in self.layers)
+
+
+def _onnx_bytes(module: nn.Module, args: tuple[Tensor, ...], input_names: list[str],
+                output_names: list[str], opset: int) -> bytes:
+    buf = io.BytesIO()
+    axes = {name: {0: "batch"} for name in input_names + output_names}
+    # the exporter restores the wrapper's own mode afterwards, recursively: keep it eval
+    module.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, args, buf, dynamo=False, input_names=input_names,
+                          output_names=output_names, dynamic_axes=axes, opset_version=opset,
+                          do_constant_folding=True)
+    return buf.getvalue()
+
+
+def _ort_run(data: bytes, feeds: dict[str, Tensor]) -> list:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 4
+    sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+    return sess.run(None, {k: v.detach().cpu().numpy() for k, v in feeds.items()})
+
+
+def _rel(a, b: Tensor) -> float:
+    ref = b.detach().cpu().double()
+    got = torch.as_tensor(a).double().reshape(ref.shape)
+    if ref.numel() == 0:
+        return 0.0
+    same = (got == ref) | (got.isnan() & ref.isnan())   # equal infinities / NaNs agree
+    diff = torch.where(same, torch.zeros_like(ref), (got - ref).abs())
+    finite = ref[ref.isfinite()]
+    scale = max(1.0, float(finite.abs().max())) if finite.numel() else 1.0
+    return float(diff.max()) / scale   # NaN (never <= atol) when only one side is NaN
+
+
+def _layer_name(model: Darknet, i: int) -> str:
+    s = model.module_list[i].section
+    return f"layer {i} [{s.name}] ({s.file}:{s.line})"
+
+
+def _all_outputs(model: Darknet, x: Tensor) -> dict[int, Tensor]:
+    with torch.no_grad():
+        return model.forward_all(x, keep=range(len(model.module_list)))
+
+
+def _probe_layers(model: Darknet, x: Tensor, opset: int, atol: float,
+                  x_trace: Tensor | None = None) -> tuple[float, list[float]]:
+    """Export all layers teacher-forced, run them in onnxruntime, compare each with torch.
+
+    The graph is traced on the layer inputs of ``x_trace`` (a fresh random batch
+    by default) and checked on those of ``x``, so a value the trace froze in
+    shows up.  Returns (worst relative difference, per-layer differences);
+    raises a :class:`ConvertError` naming the first layer that cannot be
+    exported, run or matched (one layer at a time when the whole probe fails).
+    """
+    if x_trace is None:
+        x_trace = torch.rand(x.shape, generator=torch.Generator().manual_seed(12345)).to(x)
+    outs, touts = _all_outputs(model, x), _all_outputs(model, x_trace)
+    outs[-1], touts[-1] = x, x_trace
+    probe = TeacherForced(model)
+    names = [f"in_{s}" for s in probe.feeds]
+    feeds = dict(zip(names, (outs[s] for s in probe.feeds)))
+    try:
+        data = _onnx_bytes(probe, tuple(touts[s] for s in probe.feeds), names,
+                           [f"out_{i}" for i in probe.layers], opset)
+        got = _ort_run(data, feeds)
+    except Exception:
+        got = None
+    if got is not None:
+        diffs = [_rel(g, outs[i]) for g, i in zip(got, probe.layers)]
+        for i, d in zip(probe.layers, diffs):
+            if not d <= atol:
+                raise ConvertError(f"{_layer_name(model, i)}: the ONNX graph of this layer differs "
+                                   f"from torch by {d:.3g} (relative to its max |value|); it cannot "
+                                   f"be exported faithfully")
+        return max(diffs, default=0.0), diffs
+    diffs = []
+    for i in range(len(model.module_list)):   # find the first layer that fails on its own
+        one = TeacherForced(model, [i])
+        n = [f"in_{s}" for s in one.feeds]
+        try:
+            data = _onnx_bytes(one, tuple(touts[s] for s in one.feeds), n, ["out"], opset)
+            res = _ort_run(data, dict(zip(n, (outs[s] for s in one.feeds))))
+        except Exception as exc:
+            raise ConvertError(f"{_layer_name(model, i)}: cannot be expressed in ONNX (opset {opset}): "
+                               f"{_first_line(exc)}") from None
+        d = _rel(res[0], outs[i])
+        if not d <= atol:
+            raise ConvertError(f"{_layer_name(model, i)}: the ONNX graph of this layer differs from "
+                               f"torch by {d:.3g}; it cannot be exported faithfully")
+        diffs.append(d)
+    raise ConvertError(f"{model.cfg.file}: every layer exports on its own but the whole network "
+                       f"does not")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
+
+
+@dataclass
+class OnnxReport:
+    """What :func:`export_onnx` wrote and how it was checked."""
+
+    file: str
+    outputs: list[str]
+    bytes: int
+    checked: bool
+    end_to_end_diff: float | None = None     # whole graph vs torch, relative to max |value|
+    worst_layer_diff: float | None = None    # teacher-forced, when the whole-graph check needed it
+    onnx_vs_exact: float | None = None       # onnxruntime vs torch in float64, when checked per layer
+    torch_vs_exact: float | None = None      # torch float32 vs torch float64, likewise
+    note: str = ""
+
+
+def export_onnx(model: Darknet, path: str | os.PathLike, *, decode: bool = False, opset: int = 17,
+                check: bool = True, atol: float = 1e-4, seed: int = 0) -> OnnxReport:
+    """Export ``model`` (eval mode) to ONNX with a dynamic batch axis, atomically.
+
+    Outputs: one per head, named ``<type>_<layer>`` (e.g. ``yolo_16``), as the
+    model returns them in eval mode; with ``decode=True`` instead ``boxes``,
+    ``scores``, ``objectness`` (:class:`BoxDecoder`).  With ``check`` (and
+    onnxruntime installed) the graph is run on a random batch of 2 and compared
+    with torch; beyond ``atol`` every layer is checked on its own
+    (teacher-forced) so a layer ONNX cannot express is named, while a deep
+    network's amplified float rounding is told apart and accepted.  Any failure
+    is a :class:`ConvertError` naming the layer and its cfg line.
+    """
+    path = os.fspath(path)
+    was_training = model.training
+    model.eval()
+    try:
+        module: nn.Module = BoxDecoder(model) if decode else _Outputs(model)
+        c, h, w = model.input_shape
+        gen = torch.Generator().manual_seed(seed)
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        x1 = torch.rand(1, c, h, w, generator=gen).to(device)
+        if decode:
+            out_names = ["boxes", "scores", "objectness"]
+        else:
+            idx = model.heads or [len(model.module_list) - 1]
+            out_names = [f"{model.module_list[i].type}_{i}" for i in idx]
+        try:
+            data = _onnx_bytes(module, (x1,), ["input"], out_names, opset)
+        except DarknetError:
+            raise
+        except Exception as exc:
+            _probe_layers(model, x1, opset, atol)   # names the layer when one is at fault
+            raise ConvertError(f"{model.cfg.file}: ONNX export failed: {_first_line(exc)}") from None
+        report = OnnxReport(path, out_names, len(data), checked=False)
+        if check:
+            _check_onnx(model, module, data, report, opset, atol, gen, device)
+        try:
+            atomic_write(path, data)
+        except OSError as exc:
+            from .convert import _write_error   # convert imports this module: import at call time
+            raise _write_error(path, exc) from None
+        return report
+    finally:
+        model.train(was_training)
+
+
+def _check_onnx(model: Darknet, module: nn.Module, data: bytes, report: OnnxReport, opset: int,
+                atol: float, gen: torch.Generator, device) -> None:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        report.note = "not checked: onnxruntime is not installed"
+        return
+    c, h, w = model.input_shape
+    x2 = torch.rand(2, c, h, w, generator=gen).to(device)
+    with torch.no_grad():
+        ref = module(x2)
+    try:
+        got = _ort_run(data, {"input": x2})
+        diffs = [_rel(g, r) for g, r in zip(got, ref)]
+        diff = float("inf") if any(d != d for d in diffs) else max(diffs)
+    except Exception:
+        diff = float("inf")
+    report.checked = True
+    report.end_to_end_diff = diff
+    if diff <= atol:
+        return
+    worst, _ = _probe_layers(model, x2, opset, atol)   # raises naming the layer at fault
+    if diff == float("inf"):
+        raise ConvertError(f"{model.cfg.file}: onnxruntime cannot run the exported graph, though "
+                           f"each layer exports on its own")
+    report.worst_layer_diff = worst
+    report.onnx_vs_exact, report.torch_vs_exact = exact_arithmetic_gaps(module, got, x2, ref)
+    report.note = (f"whole graph differs from torch by {diff:.3g} (relative), every layer on its own "
+                   f"by <= {worst:.3g}: float rounding amplified by depth (against float64 torch: "
+                   f"onnxruntime {report.onnx_vs_exact:.3g}, torch float32 {report.torch_vs_exact:.3g})")
+
+
+def exact_arithmetic_gaps(module: nn.Module, got: Sequence, x: Tensor,
+                          ref32: Sequence[Tensor] | None = None) -> tuple[float, float]:
+    """How far onnxruntime's outputs ``got`` and torch's float32 outputs are
+    from the same network run in float64 (relative to max |value|).
+
+    A deep network amplifies rounding until two correct float32 programs
+    disagree; the float64 run tells which one is closer to the exact result.
+    """
+    import copy
+
+    exact = copy.deepcopy(module).double()
+    with torch.no_grad():
+        if ref32 is None:     # torch's float32 outputs, unless the caller has them
+            ref32 = module(x)
+        ref64 = exact(x.double())
+    del exact
+    onnx_gap = max((_rel(g, r) for g, r in zip(got, ref64)), default=0.0)
+    torch_gap = max((_rel(a, r) for a, r in zip(ref32, ref64)), default=0.0)
+    return onnx_gap, torch_gap
+
+
+# ---------------------------------------------------------------- the convert writer
+
+def _save_onnx(model: Darknet, path, *, decode: bool = False, opset: int = 17, check: bool = True,
+               **_) -> OnnxReport:
+    return export_onnx(model, path, decode=decode, opset=opset, check=check)
