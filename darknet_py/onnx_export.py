@@ -110,6 +110,7 @@ class BoxDecoder(nn.Module):
         self.model = model
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        self.model.reset_state()   # the graph is one call from zero recurrent state
         outs = self.model(x)
         net_hw = (self.model.height, self.model.width)
         parts = [DECODERS[self.model.module_list[i].type](self.model.module_list[i], y, net_hw)
@@ -130,6 +131,9 @@ class _Outputs(nn.Module):
         self.model = model
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        # a graph cannot carry a recurrent state between runs: every run starts from zeros
+        # (darknet's first forward after loading)
+        self.model.reset_state()
         return tuple(self.model(x))
 
 
@@ -149,8 +153,15 @@ class TeacherForced(nn.Module):
 
     def forward(self, *feeds: Tensor) -> tuple[Tensor, ...]:
         src = dict(zip(self.feeds, feeds))
+        self.model.reset_state()
         return tuple(self.model.module_list[i](*(src[s] for s in self.model.module_list[i].sources))
                      for i in self.layers)
+
+
+def batch_unit(model: Darknet) -> int:
+    """The batch must be a multiple of this: ``[net] time_steps`` when a recurrent layer
+    reads the batch as that many time steps, else 1."""
+    return max((getattr(m, "steps", 1) for m in model.module_list), default=1)
 
 
 def _onnx_bytes(module: nn.Module, args: tuple[Tensor, ...], input_names: list[str],
@@ -194,6 +205,7 @@ def _layer_name(model: Darknet, i: int) -> str:
 
 
 def _all_outputs(model: Darknet, x: Tensor) -> dict[int, Tensor]:
+    model.reset_state()   # as the exported graph starts
     with torch.no_grad():
         return model.forward_all(x, keep=range(len(model.module_list)))
 
@@ -280,6 +292,10 @@ def export_onnx(model: Darknet, path: str | os.PathLike, *, decode: bool = False
     (teacher-forced) so a layer ONNX cannot express is named, while a deep
     network's amplified float rounding is told apart and accepted.  Any failure
     is a :class:`ConvertError` naming the layer and its cfg line.
+
+    Recurrent layers: the batch is ``[net] time_steps`` steps of ``batch /
+    time_steps`` sequences (:func:`batch_unit`), the steps unrolled in the graph,
+    which starts every run from zero state (no state is carried between runs).
     """
     path = os.fspath(path)
     was_training = model.training
@@ -289,7 +305,8 @@ def export_onnx(model: Darknet, path: str | os.PathLike, *, decode: bool = False
         c, h, w = model.input_shape
         gen = torch.Generator().manual_seed(seed)
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
-        x1 = torch.rand(1, c, h, w, generator=gen).to(device)
+        unit = batch_unit(model)
+        x1 = torch.rand(unit, c, h, w, generator=gen).to(device)
         if decode:
             out_names = ["boxes", "scores", "objectness"]
         else:
@@ -312,6 +329,7 @@ def export_onnx(model: Darknet, path: str | os.PathLike, *, decode: bool = False
             raise _write_error(path, exc) from None
         return report
     finally:
+        model.reset_state()
         model.train(was_training)
 
 
@@ -323,7 +341,7 @@ def _check_onnx(model: Darknet, module: nn.Module, data: bytes, report: OnnxRepo
         report.note = "not checked: onnxruntime is not installed"
         return
     c, h, w = model.input_shape
-    x2 = torch.rand(2, c, h, w, generator=gen).to(device)
+    x2 = torch.rand(2 * batch_unit(model), c, h, w, generator=gen).to(device)
     with torch.no_grad():
         ref = module(x2)
     try:
