@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import warnings
 from dataclasses import dataclass
@@ -111,14 +112,116 @@ class BoxDecoder(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         self.model.reset_state()   # the graph is one call from zero recurrent state
-        outs = self.model(x)
-        net_hw = (self.model.height, self.model.width)
+        # decoded in float32 (a float16 network too: pixels need the bits, ONNX Range no half)
+        outs = [o.float() for o in self.model(x)]
+        net_hw = (x.shape[-2], x.shape[-1])   # the size run (a dynamic-size graph: any)
         parts = [DECODERS[self.model.module_list[i].type](self.model.module_list[i], y, net_hw)
                  for i, y in zip(self.model.heads, outs)]
         boxes = torch.cat([p[0] for p in parts], dim=1)
         objectness = torch.cat([p[1] for p in parts], dim=1)
         scores = torch.cat([p[2] for p in parts], dim=1)
         return boxes, scores, objectness
+
+
+# ---------------------------------------------------------------- the deployable graph
+
+#: darknet's detector defaults (test_detector): probability threshold and NMS IoU threshold
+DEFAULT_THRESH = 0.25
+DEFAULT_NMS = 0.45
+
+
+def greedy_nms(boxes: Tensor, scores: Tensor, iou: float, thresh: float) -> Tensor:
+    """ONNX ``NonMaxSuppression`` (corner boxes, no box limit) in torch.
+
+    ``boxes Tensor[N, K, 4]`` (x1, y1, x2, y2), ``scores Tensor[N, C, K]`` ->
+    ``int64 Tensor[M, 3]`` rows (batch, class, box): per image and class the
+    boxes scoring above ``thresh`` by descending score, each kept unless its
+    IoU with a kept box exceeds ``iou``: darknet's ``do_nms_sort`` per class
+    (boxes below ``thresh`` have probability 0 there and are skipped).
+    """
+    rows = []
+    n, c, _ = scores.shape
+    area = (boxes[..., 2] - boxes[..., 0]).clamp(min=0) * (boxes[..., 3] - boxes[..., 1]).clamp(min=0)
+    for b in range(n):
+        for k in range(c):
+            cand = torch.nonzero(scores[b, k] > thresh).flatten()
+            order = cand[torch.argsort(scores[b, k, cand], descending=True, stable=True)]
+            kept: list[int] = []
+            for i in order.tolist():
+                if kept:
+                    kb = boxes[b, kept]
+                    w = (torch.minimum(kb[:, 2], boxes[b, i, 2]) - torch.maximum(kb[:, 0], boxes[b, i, 0]))
+                    h = (torch.minimum(kb[:, 3], boxes[b, i, 3]) - torch.maximum(kb[:, 1], boxes[b, i, 1]))
+                    inter = w.clamp(min=0) * h.clamp(min=0)
+                    union = area[b, kept] + area[b, i] - inter
+                    if bool((inter / union > iou).any()):
+                        continue
+                kept.append(i)
+            rows += [(b, k, i) for i in kept]
+    return torch.tensor(rows, dtype=torch.int64).reshape(-1, 3)
+
+
+class _NonMaxSuppression(torch.autograd.Function):
+    """:func:`greedy_nms` in torch; ONNX ``NonMaxSuppression`` in an exported graph."""
+
+    @staticmethod
+    def forward(ctx, boxes: Tensor, scores: Tensor, iou: float, thresh: float) -> Tensor:
+        return greedy_nms(boxes, scores, iou, thresh)
+
+    @staticmethod
+    def symbolic(g, boxes, scores, iou: float, thresh: float):
+        # no limit on the boxes kept per class: darknet keeps every survivor
+        limit = g.op("Constant", value_t=torch.tensor([2 ** 31 - 1], dtype=torch.int64))
+        iou_t = g.op("Constant", value_t=torch.tensor([iou], dtype=torch.float32))
+        thr_t = g.op("Constant", value_t=torch.tensor([thresh], dtype=torch.float32))
+        return g.op("NonMaxSuppression", boxes, scores, limit, iou_t, thr_t, center_point_box_i=0)
+
+
+class Deployable(nn.Module):
+    """The model decoded for deployment: what a user of the graph needs, nothing after.
+
+    ``forward(x: Tensor[N, C, H, W])`` (the network input: the image letterboxed
+    or resized to the network size, RGB in [0, 1]) returns
+
+    * without ``nms``: ``boxes Tensor[N, K, 4]`` (x1, y1, x2, y2 in pixels of the
+      network input, unclamped), ``scores Tensor[N, K, classes]`` (objectness x
+      class probability, darknet's ``prob``), ``objectness Tensor[N, K]``; rows in
+      darknet's detection order (:class:`BoxDecoder`);
+    * with ``nms``: ``detections Tensor[M, 7]``, rows ``(batch index, class,
+      score, x1, y1, x2, y2)``, every (box, class) whose score exceeds
+      ``thresh`` and survives per-class greedy IoU NMS at ``nms`` (ONNX
+      ``NonMaxSuppression``: darknet's ``do_nms_sort``), grouped by image, then
+      class, by descending score.
+
+    Undoing the letterbox (boxes in the original image) is left to the caller,
+    who knows the image size (:mod:`darknet_py.engines` does it).
+    """
+
+    def __init__(self, model: Darknet, nms: float | None = None, thresh: float = DEFAULT_THRESH):
+        super().__init__()
+        self.decoder = BoxDecoder(model)
+        self.nms, self.thresh = nms, thresh
+
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        boxes, scores, objectness = self.decoder(x)
+        h, w = x.shape[-2], x.shape[-1]
+        cx, cy, bw, bh = boxes.unbind(-1)
+        # darknet's draw/print: left = (x - w/2) * im.w, top = (y - h/2) * im.h, ...
+        corners = torch.stack([(cx - bw / 2) * w, (cy - bh / 2) * h,
+                               (cx + bw / 2) * w, (cy + bh / 2) * h], dim=-1)
+        if self.nms is None:
+            return corners, scores, objectness
+        sel = _NonMaxSuppression.apply(corners, scores.transpose(1, 2), float(self.nms),
+                                       float(self.thresh))
+        b, c, k = sel[:, 0], sel[:, 1], sel[:, 2]
+        picked = corners[b, k]
+        score = scores[b, k, c]
+        return (torch.cat([b.unsqueeze(1).to(x.dtype), c.unsqueeze(1).to(x.dtype), score.unsqueeze(1),
+                           picked], dim=1),)
+
+
+def deploy_outputs(nms: float | None) -> list[str]:
+    return ["boxes", "scores", "objectness"] if nms is None else ["detections"]
 
 
 # ---------------------------------------------------------------- ONNX
@@ -165,9 +268,18 @@ def batch_unit(model: Darknet) -> int:
 
 
 def _onnx_bytes(module: nn.Module, args: tuple[Tensor, ...], input_names: list[str],
-                output_names: list[str], opset: int) -> bytes:
+                output_names: list[str], opset: int, dynamic_size: bool = False) -> bytes:
     buf = io.BytesIO()
-    axes = {name: {0: "batch"} for name in input_names + output_names}
+    axes: dict[str, dict[int, str]] = {name: {0: "batch"} for name in input_names + output_names}
+    if dynamic_size:
+        for name in input_names:
+            axes[name].update({2: "height", 3: "width"})
+        with torch.no_grad():
+            ranks = [o.dim() for o in module.eval()(*args)]
+        for name, rank in zip(output_names, ranks):   # a head's map, the box count follow the size
+            axes[name] = {d: ("batch" if d == 0 else f"{name}_{d}") for d in range(rank)}
+    if output_names == ["detections"]:
+        axes["detections"] = {0: "detections"}
     # the exporter restores the wrapper's own mode afterwards, recursively: keep it eval
     module.eval()
     with warnings.catch_warnings():
@@ -280,16 +392,26 @@ class OnnxReport:
     note: str = ""
 
 
-def export_onnx(model: Darknet, path: str | os.PathLike, *, decode: bool = False, opset: int = 17,
-                check: bool = True, atol: float = 1e-4, seed: int = 0) -> OnnxReport:
+def export_onnx(model: Darknet, path: str | os.PathLike, *, decode: bool = False,
+                nms: float | None = None, thresh: float = DEFAULT_THRESH, fp16: bool = False,
+                dynamic_size: bool = False, opset: int = 17, check: bool = True, atol: float = 1e-4,
+                seed: int = 0) -> OnnxReport:
     """Export ``model`` (eval mode) to ONNX with a dynamic batch axis, atomically.
 
-    Outputs: one per head, named ``<type>_<layer>`` (e.g. ``yolo_16``), as the
-    model returns them in eval mode; with ``decode=True`` instead ``boxes``,
-    ``scores``, ``objectness`` (:class:`BoxDecoder`).  With ``check`` (and
-    onnxruntime installed) the graph is run on a random batch of 2 and compared
-    with torch; beyond ``atol`` every layer is checked on its own
-    (teacher-forced) so a layer ONNX cannot express is named, while a deep
+    Input ``input``: ``float32 [N, C, H, W]``, the network input.  Outputs: one
+    per head, named ``<type>_<layer>`` (e.g. ``yolo_16``), as the model returns
+    them in eval mode; with ``decode=True`` instead ``boxes``, ``scores``,
+    ``objectness`` in input pixels, or with ``nms`` (an IoU threshold, darknet's
+    is :data:`DEFAULT_NMS`) ``detections`` (:class:`Deployable` documents the
+    layout).  ``fp16``: weights and arithmetic in float16, input and outputs
+    float32.  ``dynamic_size``: height and width are dynamic too (refused when a
+    layer's weights depend on the size, e.g. [connected]).  The graph carries the
+    cfg and how it was exported in its metadata (``darknet_py.*`` keys) for
+    :mod:`darknet_py.engines`.
+
+    With ``check`` (and onnxruntime installed) the graph is run on a random batch
+    of 2 and compared with torch; beyond ``atol`` every layer is checked on its
+    own (teacher-forced) so a layer ONNX cannot express is named, while a deep
     network's amplified float rounding is told apart and accepted.  Any failure
     is a :class:`ConvertError` naming the layer and its cfg line.
 
@@ -298,22 +420,27 @@ def export_onnx(model: Darknet, path: str | os.PathLike, *, decode: bool = False
     which starts every run from zero state (no state is carried between runs).
     """
     path = os.fspath(path)
+    if nms is not None:
+        decode = True
     was_training = model.training
     model.eval()
     try:
-        module: nn.Module = BoxDecoder(model) if decode else _Outputs(model)
+        module: nn.Module = Deployable(model, nms, thresh) if decode else _Outputs(model)
         c, h, w = model.input_shape
         gen = torch.Generator().manual_seed(seed)
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
         unit = batch_unit(model)
         x1 = torch.rand(unit, c, h, w, generator=gen).to(device)
         if decode:
-            out_names = ["boxes", "scores", "objectness"]
+            out_names = deploy_outputs(nms)
         else:
             idx = model.heads or [len(model.module_list) - 1]
             out_names = [f"{model.module_list[i].type}_{i}" for i in idx]
+        if dynamic_size:
+            _refuse_fixed_size(model)
+        exported = _Float16(module) if fp16 else module
         try:
-            data = _onnx_bytes(module, (x1,), ["input"], out_names, opset)
+            data = _onnx_bytes(exported, (x1,), ["input"], out_names, opset, dynamic_size)
         except DarknetError:
             raise
         except Exception as exc:
@@ -321,7 +448,17 @@ def export_onnx(model: Darknet, path: str | os.PathLike, *, decode: bool = False
             raise ConvertError(f"{model.cfg.file}: ONNX export failed: {_first_line(exc)}") from None
         report = OnnxReport(path, out_names, len(data), checked=False)
         if check:
-            _check_onnx(model, module, data, report, opset, atol, gen, device)
+            if fp16:
+                _check_fp16(model, module, data, report, gen, device)
+            elif nms is not None:
+                _check_nms(model, module, data, report, opset, atol, gen, device)
+            else:
+                _check_onnx(model, module, data, report, opset, atol, gen, device)
+            if dynamic_size:
+                _check_other_size(model, module, data, report, atol, fp16)
+        data = _with_metadata(data, model, decode=decode, nms=nms, thresh=thresh, fp16=fp16,
+                              dynamic_size=dynamic_size)
+        report.bytes = len(data)
         try:
             atomic_write(path, data)
         except OSError as exc:
@@ -331,6 +468,123 @@ def export_onnx(model: Darknet, path: str | os.PathLike, *, decode: bool = False
     finally:
         model.reset_state()
         model.train(was_training)
+
+
+class _Float16(nn.Module):
+    """``module`` in float16 (a copy), float32 in and out."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        import copy
+
+        self.inner = copy.deepcopy(module).half()
+
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        return tuple(o.float() if o.is_floating_point() else o for o in self.inner(x.half()))
+
+
+#: layer types whose weights or output size are tied to the input size (no dynamic size)
+FIXED_SIZE = {"connected", "local", "locally_connected", "detection", "crop", "cost"}
+
+
+def _refuse_fixed_size(model: Darknet) -> None:
+    for m in model.module_list:
+        if m.type in FIXED_SIZE:
+            s = m.section
+            raise ConvertError(f"{s.file}:{s.line}: layer {m.index} [{s.name}]: its weights or "
+                               f"output are tied to the {model.width}x{model.height} input: this cfg "
+                               f"cannot be exported with a dynamic input size")
+
+
+def _check_other_size(model: Darknet, module: nn.Module, data: bytes, report: OnnxReport,
+                      atol: float, fp16: bool) -> None:
+    """The dynamic-size graph at another size (32 more each way) equals torch there."""
+    c, h, w = model.input_shape
+    x = torch.rand(batch_unit(model), c, h + 32, w + 32, generator=torch.Generator().manual_seed(7))
+    x = x.to(next((p.device for p in model.parameters()), torch.device("cpu")))
+    try:
+        with torch.no_grad():
+            ref = module(x)
+    except (DarknetError, RuntimeError) as exc:
+        raise ConvertError(f"{model.cfg.file}: the network does not run at {w + 32}x{h + 32}: "
+                           f"{_first_line(exc)}; export it without a dynamic input size") from None
+    try:
+        got = _ort_run(data, {"input": x})
+        diff = max(_rel(g, r) for g, r in zip(got, ref))
+    except Exception as exc:   # a shape the trace froze in
+        raise ConvertError(f"{model.cfg.file}: the graph does not run at {w + 32}x{h + 32} "
+                           f"({_first_line(exc)}): a layer froze the input size in") from None
+    limit = FP16_RULE if fp16 else atol
+    if not diff <= max(limit, report.end_to_end_diff or 0.0):
+        raise ConvertError(f"{model.cfg.file}: at {w + 32}x{h + 32} the graph differs from torch by "
+                           f"{diff:.3g}: a layer froze the input size in")
+    report.note += f"{'; ' if report.note else ''}dynamic size checked at {w + 32}x{h + 32} ({diff:.2g})"
+
+
+#: float16 keeps 11 significant bits: a value rounds by <= 2^-11 relative.  The fp16 graph
+#: must be no further from float32 torch than torch's own float16 forward is, or than this
+#: (4 roundings' worth, for a shallow network where both are tiny).
+FP16_RULE = 4 * 2.0 ** -11
+
+
+def _check_fp16(model: Darknet, module: nn.Module, data: bytes, report: OnnxReport,
+                gen: torch.Generator, device) -> None:
+    c, h, w = model.input_shape
+    x2 = torch.rand(2 * batch_unit(model), c, h, w, generator=gen).to(device)
+    with torch.no_grad():
+        ref = module(x2)
+        half = _Float16(module)(x2)
+    got = _ort_run(data, {"input": x2})
+    diff = max(_rel(g, r) for g, r in zip(got, ref))
+    torch_gap = max(_rel(a, r) for a, r in zip(half, ref))
+    report.checked = True
+    report.end_to_end_diff = diff
+    report.note = f"float16: onnxruntime {diff:.2g}, torch float16 {torch_gap:.2g} from torch float32"
+    if not diff <= max(FP16_RULE, torch_gap):
+        raise ConvertError(f"{model.cfg.file}: the float16 graph differs from float32 torch by "
+                           f"{diff:.3g}, more than torch's own float16 forward ({torch_gap:.3g})")
+
+
+def _check_nms(model: Darknet, module: "Deployable", data: bytes, report: OnnxReport, opset: int,
+               atol: float, gen: torch.Generator, device) -> None:
+    """The boxes and scores as :func:`_check_onnx` checks them (graph without NMS), then
+    the NMS graph's rows == :func:`greedy_nms` on onnxruntime's own boxes and scores."""
+    plain = Deployable(model, None, module.thresh)
+    c, h, w = model.input_shape
+    x1 = torch.rand(batch_unit(model), c, h, w, generator=gen).to(device)
+    plain_data = _onnx_bytes(plain, (x1,), ["input"], deploy_outputs(None), opset)
+    state = gen.get_state()
+    _check_onnx(model, plain, plain_data, report, opset, atol, gen, device)
+    gen.set_state(state)
+    x2 = torch.rand(2 * batch_unit(model), c, h, w, generator=gen).to(device)
+    boxes, scores, _ = (torch.from_numpy(a) for a in _ort_run(plain_data, {"input": x2}))
+    sel = greedy_nms(boxes, scores.transpose(1, 2), module.nms, module.thresh)
+    b, k, cls = sel[:, 0], sel[:, 2], sel[:, 1]
+    want = torch.cat([b[:, None].float(), cls[:, None].float(), scores[b, k, cls][:, None], boxes[b, k]], 1)
+    got = _ort_run(data, {"input": x2})[0]
+    if got.shape != tuple(want.shape) or not _rel(got, want) <= atol:
+        raise ConvertError(f"{model.cfg.file}: onnxruntime's NonMaxSuppression kept {got.shape[0]} "
+                           f"(box, class) pairs where darknet's greedy NMS keeps {want.shape[0]}")
+    report.note += f"{'; ' if report.note else ''}NMS checked ({want.shape[0]} detections)"
+
+
+def _with_metadata(data: bytes, model: Darknet, **how) -> bytes:
+    """The graph with the cfg and the export options in ``metadata_props`` (``darknet_py.*``),
+    when the onnx package is there to write them."""
+    try:
+        import onnx
+    except ImportError:
+        return data
+    from .cfg import write_cfg
+
+    proto = onnx.load_from_string(data)
+    props = {"cfg": write_cfg(model.cfg), "dialect": model.dialect, "width": model.width,
+             "height": model.height, "channels": model.input_shape[0],
+             "batch_unit": batch_unit(model), **how}
+    for k, v in props.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = f"darknet_py.{k}", json.dumps(v) if not isinstance(v, str) else v
+    return proto.SerializeToString()
 
 
 def _check_onnx(model: Darknet, module: nn.Module, data: bytes, report: OnnxReport, opset: int,
@@ -389,5 +643,7 @@ def exact_arithmetic_gaps(module: nn.Module, got: Sequence, x: Tensor,
 # ---------------------------------------------------------------- the convert writer
 
 def _save_onnx(model: Darknet, path, *, decode: bool = False, opset: int = 17, check: bool = True,
-               **_) -> OnnxReport:
-    return export_onnx(model, path, decode=decode, opset=opset, check=check)
+               nms: float | None = None, thresh: float = DEFAULT_THRESH, fp16: bool = False,
+               dynamic_size: bool = False, **_) -> OnnxReport:
+    return export_onnx(model, path, decode=decode, nms=nms, thresh=thresh, fp16=fp16,
+                       dynamic_size=dynamic_size, opset=opset, check=check)
