@@ -47,7 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="darknet-py detect", description=HELP)
     p.add_argument("cfg")
     p.add_argument("weights")
-    p.add_argument("images", nargs="+", help="image files, folders or glob patterns")
+    p.add_argument("images", nargs="*", help="image files, folders or glob patterns")
+    p.add_argument("--engine", default="torch", choices=["torch", "onnxruntime", "opencv", "openvino"],
+                   help="run an exported graph instead: detect --engine E MODEL.onnx IMAGES...")
     p.add_argument("--names", help="class names file, one per line (e.g. coco.names)")
     p.add_argument("--thresh", type=float, default=0.25, help="probability threshold (default 0.25)")
     p.add_argument("--hier", type=float, default=0.5, help="hierarchical threshold (default 0.5)")
@@ -105,13 +107,20 @@ def main(argv: list[str] | None = None) -> int:
     from ..io import atomic_write
     from ..model import Darknet
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UnusedOptionWarning)
-        model = Darknet(args.cfg, dialect=args.dialect)
-    model.load_weights(args.weights)
     names = read_names(args.names) if args.names else None
-    det = Detector(model, names=names, thresh=args.thresh, hier_thresh=args.hier, nms=args.nms,
-                   resize=args.resize, nms_kind=args.nms_kind, device=args.device, batch_size=args.batch)
+    if args.engine != "torch":   # MODEL.onnx IMAGES...: see darknet_py/engines.py
+        from ..engines import detector
+        det = detector(args.engine, args.cfg, names=names, thresh=args.thresh, hier_thresh=args.hier,
+                       nms=args.nms, resize=args.resize, nms_kind=args.nms_kind, batch_size=args.batch)
+        args.images.insert(0, args.weights)
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UnusedOptionWarning)
+            model = Darknet(args.cfg, dialect=args.dialect)
+        model.load_weights(args.weights)
+        det = Detector(model, names=names, thresh=args.thresh, hier_thresh=args.hier, nms=args.nms,
+                       resize=args.resize, nms_kind=args.nms_kind, device=args.device,
+                       batch_size=args.batch)
     paths = expand_images(args.images)
     if not paths:
         print("darknet-py detect: no images found", file=sys.stderr)
