@@ -2,7 +2,8 @@
 
     python tools/opencv_onnx_runner.py JOBS.json
 
-``JOBS.json`` is a list of ``{"onnx": path, "input": path.npy, "output": path.npz}``.
+``JOBS.json`` is a list of ``{"onnx": path, "input": path.npy, "output": path.npz}``
+(or ``"inputs": {name: path.npy}`` for a graph of several inputs).
 For each job the graph is read with ``cv2.dnn.readNetFromONNX``, run on the
 input (``float32 [N, C, H, W]``) and its outputs saved in ``output`` under
 their output names (``cv2.dnn`` returns them in ``getUnconnectedOutLayersNames``
@@ -24,7 +25,11 @@ def run(job: dict) -> str:
     try:
         net = cv2.dnn.readNetFromONNX(job["onnx"])
         names = list(net.getUnconnectedOutLayersNames())
-        net.setInput(np.load(job["input"]))
+        if "inputs" in job:
+            for name, path in job["inputs"].items():
+                net.setInput(np.load(path), name)
+        else:
+            net.setInput(np.load(job["input"]))
         outs = net.forward(names)
         np.savez(job["output"], **{n: np.asarray(o) for n, o in zip(names, outs)})
         return "ok " + ",".join(names)
