@@ -59,7 +59,8 @@ def _opencv(path: str) -> Run:
 def _openvino(path: str) -> Run:
     import openvino as ov
 
-    compiled = ov.Core().compile_model(path, "CPU")
+    # OpenVINO's CPU plugin computes in bf16/fp16 where the CPU has it unless told: darknet's f32
+    compiled = ov.Core().compile_model(path, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     outs = compiled.outputs
 
     def run(x: np.ndarray) -> list:
