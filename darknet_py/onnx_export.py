@@ -456,6 +456,12 @@ def export_onnx(model: Darknet, path: str | os.PathLike, *, decode: bool = False
                 _check_onnx(model, module, data, report, opset, atol, gen, device)
             if dynamic_size:
                 _check_other_size(model, module, data, report, atol, fp16)
+        if nms is not None:
+            from .postprocess import nms_kind_of
+            kind = nms_kind_of(model)[0]
+            if kind != "default":   # the graph's NonMaxSuppression is IoU greedy NMS only
+                report.note += (f"{'; ' if report.note else ''}the cfg asks for nms_kind={kind}: the "
+                                f"graph does darknet's default IoU NMS instead")
         data = _with_metadata(data, model, decode=decode, nms=nms, thresh=thresh, fp16=fp16,
                               dynamic_size=dynamic_size)
         report.bytes = len(data)
