@@ -448,7 +448,11 @@ def export_onnx(model: Darknet, path: str | os.PathLike, *, decode: bool = False
             raise ConvertError(f"{model.cfg.file}: ONNX export failed: {_first_line(exc)}") from None
         report = OnnxReport(path, out_names, len(data), checked=False)
         if check:
-            if fp16:
+            if fp16 and nms is not None:   # the float16 boxes and scores; NMS as in float32
+                plain = Deployable(model, None, thresh)
+                plain_data = _onnx_bytes(_Float16(plain), (x1,), ["input"], deploy_outputs(None), opset)
+                _check_fp16(model, plain, plain_data, report, gen, device)
+            elif fp16:
                 _check_fp16(model, module, data, report, gen, device)
             elif nms is not None:
                 _check_nms(model, module, data, report, opset, atol, gen, device)
