@@ -139,25 +139,30 @@ def greedy_nms(boxes: Tensor, scores: Tensor, iou: float, thresh: float) -> Tens
     IoU with a kept box exceeds ``iou``: darknet's ``do_nms_sort`` per class
     (boxes below ``thresh`` have probability 0 there and are skipped).
     """
+    import numpy as np
+
+    if torch.jit.is_tracing():   # the exporter only needs the op; the graph computes the rows
+        return torch.zeros((0, 3), dtype=torch.int64)
+    bx = boxes.detach().float().cpu().numpy()
+    sc = scores.detach().float().cpu().numpy()
     rows = []
-    n, c, _ = scores.shape
-    area = (boxes[..., 2] - boxes[..., 0]).clamp(min=0) * (boxes[..., 3] - boxes[..., 1]).clamp(min=0)
-    for b in range(n):
-        for k in range(c):
-            cand = torch.nonzero(scores[b, k] > thresh).flatten()
-            order = cand[torch.argsort(scores[b, k, cand], descending=True, stable=True)]
-            kept: list[int] = []
-            for i in order.tolist():
-                if kept:
-                    kb = boxes[b, kept]
-                    w = (torch.minimum(kb[:, 2], boxes[b, i, 2]) - torch.maximum(kb[:, 0], boxes[b, i, 0]))
-                    h = (torch.minimum(kb[:, 3], boxes[b, i, 3]) - torch.maximum(kb[:, 1], boxes[b, i, 1]))
-                    inter = w.clamp(min=0) * h.clamp(min=0)
-                    union = area[b, kept] + area[b, i] - inter
-                    if bool((inter / union > iou).any()):
-                        continue
-                kept.append(i)
-            rows += [(b, k, i) for i in kept]
+    for b in range(sc.shape[0]):
+        x1, y1, x2, y2 = bx[b].T
+        area = np.maximum(x2 - x1, 0) * np.maximum(y2 - y1, 0)
+        for k in range(sc.shape[1]):
+            cand = np.nonzero(sc[b, k] > np.float32(thresh))[0]
+            order = cand[np.argsort(-sc[b, k, cand], kind="stable")]
+            alive = np.ones(len(order), bool)
+            for j, i in enumerate(order):
+                if not alive[j]:
+                    continue
+                rows.append((b, k, int(i)))
+                rest = order[j + 1:]   # the lower-scoring boxes, suppressed by IoU with box i
+                w = np.minimum(x2[rest], x2[i]) - np.maximum(x1[rest], x1[i])
+                h = np.minimum(y2[rest], y2[i]) - np.maximum(y1[rest], y1[i])
+                inter = np.maximum(w, 0) * np.maximum(h, 0)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    alive[j + 1:] &= ~(inter / (area[rest] + area[i] - inter) > np.float32(iou))
     return torch.tensor(rows, dtype=torch.int64).reshape(-1, 3)
 
 
@@ -170,8 +175,10 @@ class _NonMaxSuppression(torch.autograd.Function):
 
     @staticmethod
     def symbolic(g, boxes, scores, iou: float, thresh: float):
-        # no limit on the boxes kept per class: darknet keeps every survivor
-        limit = g.op("Constant", value_t=torch.tensor([2 ** 31 - 1], dtype=torch.int64))
+        # no limit on the boxes kept per class (darknet keeps every survivor): the box count
+        # K, as a runtime may allocate for the limit (OpenCV 5 does: 2^31 exhausts memory)
+        limit = g.op("Gather", g.op("Shape", boxes),
+                     g.op("Constant", value_t=torch.tensor([1], dtype=torch.int64)), axis_i=0)
         iou_t = g.op("Constant", value_t=torch.tensor([iou], dtype=torch.float32))
         thr_t = g.op("Constant", value_t=torch.tensor([thresh], dtype=torch.float32))
         return g.op("NonMaxSuppression", boxes, scores, limit, iou_t, thr_t, center_point_box_i=0)
