@@ -145,6 +145,7 @@ class EngineDetector(Detector):
         except Exception as exc:   # noqa: BLE001 - the runtime's own message, once
             raise DarknetError(f"{path}: {engine} cannot load the graph: "
                                f"{str(exc).strip().splitlines()[-1][:300]}") from None
+        self.engine_name = engine
         self.device, self.channels_last = torch.device("cpu"), False
         self.net_w, self.net_h = model.width, model.height
         letter_box = int(model.net.options.get("letter_box", 0) or 0)
@@ -166,8 +167,13 @@ class EngineDetector(Detector):
         try:
             return self.engine(x)
         except Exception as exc:   # noqa: BLE001
-            raise DarknetError(f"the engine cannot run the graph: "
-                               f"{str(exc).strip().splitlines()[-1][:300]}") from None
+            hint = ""
+            if self.engine_name == "opencv":
+                import cv2
+                if int(cv2.__version__.split(".")[0]) < 5:   # its ONNX importer lacks 6-D reshapes
+                    hint = f" (OpenCV {cv2.__version__}; the graphs are tested with OpenCV >= 5)"
+            raise DarknetError(f"{self.engine_name} cannot run the graph: "
+                               f"{str(exc).strip().splitlines()[-1][:300]}{hint}") from None
 
     def run(self, images: Sequence[np.ndarray]) -> list[Detections]:
         result: list[Detections] = []
