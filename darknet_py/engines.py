@@ -49,10 +49,17 @@ def _opencv(path: str) -> Run:
     names = list(net.getUnconnectedOutLayersNames())
     order = _output_names(path)
 
-    def run(x: np.ndarray) -> list:
+    def run_batch(x: np.ndarray) -> list:
         net.setInput(np.ascontiguousarray(x))
         outs = dict(zip(names, net.forward(names)))
         return [outs[n] for n in order] if set(order) <= set(outs) else [outs[n] for n in names]
+
+    if int(cv2.__version__.split(".")[0]) >= 5:
+        return run_batch
+
+    def run(x: np.ndarray) -> list:   # OpenCV 4's importer fixes the batch at 1 in the heads' reshapes
+        parts = [run_batch(x[i:i + 1]) for i in range(len(x))]
+        return [np.concatenate(p) for p in zip(*parts)]
     return run
 
 

@@ -53,12 +53,13 @@ def _detect(argv: list[str], out) -> list[dict]:
     return json.loads(out.read_text())
 
 
-@pytest.mark.parametrize("thresh", [0.1, 0.25])
-def test_engine_onnxruntime_gives_darknets_detections(conformance, manifest, graphs, tmp_path, thresh):
+@pytest.mark.parametrize("engine,thresh", [("onnxruntime", 0.1), ("onnxruntime", 0.25), ("opencv", 0.1)])
+def test_engine_gives_darknets_detections(conformance, manifest, graphs, tmp_path, engine, thresh):
     """A head-output graph through darknet's letterbox and post-processing: darknet's
-    detections on the photos, in the same order as ``detect`` with the .weights."""
+    detections on the photos, in the same order as ``detect`` with the .weights (opencv: the
+    main environment's OpenCV, < 5, one image per run; OpenCV 5: test_onnx_zoo.py)."""
     cfg, weights, images, names = _files(conformance, manifest)
-    ours = _detect(["detect", "--engine", "onnxruntime", str(graphs["heads"]), *images, "--names", names,
+    ours = _detect(["detect", "--engine", engine, str(graphs["heads"]), *images, "--names", names,
                     "--thresh", str(thresh)], tmp_path / "e.json")
     torch_run = _detect(["detect", cfg, weights, *images, "--names", names, "--thresh", str(thresh)],
                         tmp_path / "t.json")
