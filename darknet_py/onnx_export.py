@@ -379,6 +379,11 @@ def _probe_layers(model: Darknet, x: Tensor, opset: int, atol: float,
                        f"does not")
 
 
+def _out_of_memory(exc: BaseException) -> bool:
+    text = str(exc)
+    return isinstance(exc, MemoryError) or "allocate" in text or "bad_alloc" in text
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return (text.splitlines()[0] if text else type(exc).__name__)[:300]
@@ -451,6 +456,11 @@ def export_onnx(model: Darknet, path: str | os.PathLike, *, decode: bool = False
         except DarknetError:
             raise
         except Exception as exc:
+            if _out_of_memory(exc):   # not the fault of a layer: say so rather than probe
+                raise ConvertError(f"{model.cfg.file}: ran out of memory exporting the graph "
+                                   f"(batch {unit}, {len(model.module_list)} layers"
+                                   f"{f', time_steps={unit} unrolled' if unit > 1 else ''}): "
+                                   f"{_first_line(exc)}") from None
             _probe_layers(model, x1, opset, atol)   # names the layer when one is at fault
             raise ConvertError(f"{model.cfg.file}: ONNX export failed: {_first_line(exc)}") from None
         report = OnnxReport(path, out_names, len(data), checked=False)
