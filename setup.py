@@ -14,7 +14,7 @@ setup(
                       "safetensors", "tqdm"],
     extras_require={
         "onnx": ONNX,
-        "test": ["pytest", "opencv-python-headless<5", *ONNX],
+        "test": ["pytest", "opencv-python-headless<5", *ONNX, "openvino>=2024.0"],
         "extras": [*ONNX, "tensorboard"],
     },
     entry_points={"console_scripts": ["darknet-py=darknet_py.cli:main"]},

@@ -53,20 +53,6 @@ def test_head_types_come_from_the_classes():
     assert is_head("Gaussian_yolo") and not is_head("convolutional")
 
 
-@pytest.mark.parametrize("dialect", ["pjreddie", "alexeyab"])
-@pytest.mark.parametrize("name", sorted(HEADS))
-def test_traceable_decode_is_the_convert_decoders_math(name, dialect):
-    """Bit-equal to ``convert.DECODERS`` (which ``BoxDecoder`` used until the heads owned it;
-    this test goes when those functions do)."""
-    from darknet_py import convert as C
-    head = head_of(*HEADS[name], dialect)
-    y = eval_output(head)
-    ours = head.traceable_decode(y, (48, 64))
-    theirs = C.DECODERS[head.type](head, y, (48, 64))
-    for a, b in zip(ours, theirs):
-        assert a.dtype == b.dtype and torch.equal(a, b)
-
-
 # The exact decode takes exp() in double and rounds once; the traceable one rounds
 # exp, the product with the anchor and the division in float32: at most 3 roundings
 # of 2^-24 each, plus float32 exp's own error (1 ulp): within 4 * 2^-24 relative, so
@@ -75,11 +61,7 @@ def test_traceable_decode_is_the_convert_decoders_math(name, dialect):
 WH_RTOL = 2.0 ** -21
 
 
-@pytest.mark.parametrize("dialect,name", [(d, n) for d in ("pjreddie", "alexeyab") for n in sorted(HEADS)
-                                          # AlexeyAB's [region] output keeps x, y raw and its
-                                          # detections are location-major; the traceable decode
-                                          # reads them as pjreddie's (convert.py's math, kept)
-                                          if not (d == "alexeyab" and n.startswith("region"))])
+@pytest.mark.parametrize("dialect,name", [(d, n) for d in ("pjreddie", "alexeyab") for n in sorted(HEADS)])
 def test_traceable_decode_matches_the_exact_decode(name, dialect):
     head = head_of(*HEADS[name], dialect)
     y = eval_output(head, 1)
@@ -91,7 +73,12 @@ def test_traceable_decode_matches_the_exact_decode(name, dialect):
         keep = (obj[b] > 0).numpy()          # [yolo] lists a box only above thresh (0 here)
         assert len(dets) == int(keep.sum())
         got = boxes[b].numpy()[keep]
-        np.testing.assert_array_equal(got[:, :2], dets.boxes[:, :2])
+        if dialect == "alexeyab" and name.startswith("region"):
+            # x, y go through a float32 logistic here: torch's and numpy's expf may differ by
+            # 1 ulp, the same bound as w, h
+            np.testing.assert_allclose(got[:, :2], dets.boxes[:, :2], rtol=WH_RTOL, atol=0)
+        else:
+            np.testing.assert_array_equal(got[:, :2], dets.boxes[:, :2])
         np.testing.assert_allclose(got[:, 2:], dets.boxes[:, 2:], rtol=WH_RTOL, atol=0)
         sc = scores[b].numpy()[keep]
         np.testing.assert_array_equal(np.where(sc > 0, sc, 0), dets.prob)   # darknet's prob > thresh

@@ -29,6 +29,14 @@ def _parser() -> argparse.ArgumentParser:
                         "or MAJOR.MINOR.REVISION (default: keep the source's)")
     p.add_argument("--decode", action="store_true",
                    help="ONNX: output decoded boxes, scores, objectness instead of the head outputs")
+    p.add_argument("--nms", nargs="?", type=float, const=0.45, metavar="IOU",
+                   help="ONNX: decoded boxes through NonMaxSuppression in the graph, output "
+                        "detections [M, 7] (IoU threshold, default darknet's 0.45)")
+    p.add_argument("--thresh", type=float, default=0.25,
+                   help="ONNX --nms: keep (box, class) pairs scoring above this (default 0.25)")
+    p.add_argument("--fp16", action="store_true", help="ONNX: float16 weights and arithmetic")
+    p.add_argument("--dynamic-size", action="store_true",
+                   help="ONNX: dynamic input height and width (where the cfg allows)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--no-check", action="store_true",
                    help="ONNX: skip the onnxruntime comparison with torch")
@@ -48,10 +56,16 @@ def main(argv: list[str] | None = None) -> int:
     from ..weights import parse_version
 
     version = parse_version(args.header_version) if args.header_version else None
+    if args.dst.lower().endswith(".onnx"):   # the export options: darknet_py/onnx_export.py
+        from ..onnx_export import convert_to_onnx as convert
+        onnx = {"nms": args.nms, "thresh": args.thresh, "fp16": args.fp16,
+                "dynamic_size": args.dynamic_size}
+    else:
+        onnx = {}
     report = convert(args.src, args.dst, cfg=args.cfg, dialect=args.dialect, version=version,
                      decode=args.decode, strict=not args.non_strict,
                      allow_trailing=args.allow_trailing, allow_nonfinite=args.allow_nonfinite,
-                     opset=args.opset, check=not args.no_check)
+                     opset=args.opset, check=not args.no_check, **onnx)
     if report.source.missing or report.source.unexpected:
         print(f"warning: {len(report.source.missing)} tensors missing (kept as initialised), "
               f"{len(report.source.unexpected)} unexpected (ignored)")

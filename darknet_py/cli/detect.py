@@ -72,11 +72,14 @@ def split_inputs(files: list[str]) -> tuple[str, str | None, list[str]]:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="darknet-py detect", description=HELP,
-        usage="darknet-py detect [options] (CFG WEIGHTS | MODEL) IMAGES...")
+        usage="darknet-py detect [options] (CFG WEIGHTS | MODEL) IMAGES...\n"
+              "       darknet-py detect --engine ENGINE MODEL.onnx IMAGES...")
     p.add_argument("files", nargs="+", metavar="FILES",
                    help="CFG and WEIGHTS (.weights, .pt or .safetensors), or one MODEL "
                         "(.pt/.safetensors written by convert, cfg inside); then image files, "
                         "folders or glob patterns")
+    p.add_argument("--engine", default="torch", choices=["torch", "onnxruntime", "opencv", "openvino"],
+                   help="run an exported graph instead: detect --engine E MODEL.onnx IMAGES...")
     p.add_argument("--names", help="class names file, one per line (e.g. coco.names)")
     p.add_argument("--thresh", type=float, default=0.25, help="probability threshold (default 0.25)")
     p.add_argument("--hier", type=float, default=0.5, help="hierarchical threshold (default 0.5)")
@@ -157,7 +160,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        model_file, weights, specs = split_inputs(args.files)
+        if args.engine != "torch":
+            if len(args.files) < 2:
+                raise ValueError("no IMAGES given: expected --engine E MODEL.onnx IMAGES...")
+            model_file, weights, specs = args.files[0], None, args.files[1:]
+        else:
+            model_file, weights, specs = split_inputs(args.files)
     except ValueError as exc:
         parser.error(str(exc))
     import warnings
@@ -167,13 +175,18 @@ def main(argv: list[str] | None = None) -> int:
     from ..io import atomic_write
     from ..progress import progress_bar
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UnusedOptionWarning)
-        model = load_detector_model(model_file, weights, dialect=args.dialect)
     names = read_names(args.names) if args.names else None
-    det = Detector(model, names=names, thresh=args.thresh, hier_thresh=args.hier, nms=args.nms,
-                   resize=args.resize, nms_kind=args.nms_kind, device=args.device, batch_size=args.batch,
-                   precision=args.precision)
+    if args.engine != "torch":   # MODEL.onnx IMAGES...: see darknet_py/engines.py
+        from ..engines import detector
+        det = detector(args.engine, model_file, names=names, thresh=args.thresh, hier_thresh=args.hier,
+                       nms=args.nms, resize=args.resize, nms_kind=args.nms_kind, batch_size=args.batch)
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UnusedOptionWarning)
+            model = load_detector_model(model_file, weights, dialect=args.dialect)
+        det = Detector(model, names=names, thresh=args.thresh, hier_thresh=args.hier, nms=args.nms,
+                       resize=args.resize, nms_kind=args.nms_kind, device=args.device,
+                       batch_size=args.batch, precision=args.precision)
     paths = expand_images(specs)
     if not paths:
         print("darknet-py detect: no images found", file=sys.stderr)

@@ -93,7 +93,9 @@ class MaxPool(_Window):
             y = F.max_pool2d(x, self.size, self.stride, (top, left))
         else:
             # windows reaching outside the input take -FLT_MAX there, as darknet's running max
-            y = F.max_pool2d(F.pad(x, (left, right, top, bottom), value=-FLT_MAX), self.size, self.stride)
+            # (the dtype's lowest: a float16 export cannot hold -FLT_MAX)
+            low = -FLT_MAX if x.dtype == torch.float32 else -float(torch.finfo(x.dtype).max)
+            y = F.max_pool2d(F.pad(x, (left, right, top, bottom), value=low), self.size, self.stride)
         return self._post(y)
 
     def _reach(self, n: int, axis: int) -> tuple[int, int]:

@@ -351,7 +351,11 @@ class Region(Head):
         return decode_region_pjreddie(self.params, out, ctx)
 
     def traceable_decode(self, y: Tensor, net_hw: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
-        """darknet's get_region_detections: anchors in grid units, anchor-major order."""
+        """darknet's get_region_detections: anchors in grid units; pjreddie anchor-major,
+        AlexeyAB location-major with x, y through the logistic here (its output keeps
+        them raw), objectness 1 and ``prob = objectness_output * p``."""
+        if self.dialect == "alexeyab":
+            return self._traceable_decode_alexeyab(y)
         boxes, obj, cls = traceable_anchor_boxes(y, list(self.anchors), self.per_anchor, self.coords, None,
                                                  False)
         if self.background:
@@ -359,3 +363,18 @@ class Region(Head):
         n = y.shape[0]
         return (boxes.reshape(n, -1, 4), obj.reshape(n, -1),
                 (obj.unsqueeze(2) * cls).permute(0, 1, 3, 4, 2).reshape(n, -1, cls.shape[2]))
+
+    def _traceable_decode_alexeyab(self, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """AlexeyAB ``custom_get_region_detections`` in torch (index ``i * n + a``)."""
+        n, _, h, w = y.shape
+        v = y.view(n, self.n, self.per_anchor, h, w)
+        xy = 1.0 / (1.0 + torch.exp(-v[:, :, :2]))            # 1.f / (1.f + expf(-x))
+        raw = torch.cat([xy, v[:, :, 2:]], dim=2).view_as(y)
+        boxes, scale, cls = traceable_anchor_boxes(raw, list(self.anchors), self.per_anchor, self.coords,
+                                                   None, False)
+        if self.params.classfix == -1:
+            scale = torch.where(scale < 0.5, torch.zeros_like(scale), scale)
+        scores = scale.unsqueeze(2) * cls                     # [N, A, C, H, W]
+        return (boxes.permute(0, 2, 3, 1, 4).reshape(n, -1, 4),
+                torch.ones_like(scale).permute(0, 2, 3, 1).reshape(n, -1),
+                scores.permute(0, 3, 4, 1, 2).reshape(n, -1, cls.shape[2]))
