@@ -447,6 +447,6 @@ def write_cfg(cfg: Cfg) -> str:
 
 def save_cfg(cfg: Cfg, path: str | os.PathLike) -> None:
     """Write ``cfg`` to ``path`` atomically."""
-    from .io import atomic_write
+    from .files import atomic_write
     atomic_write(path, write_cfg(cfg).encode())
 

@@ -22,7 +22,7 @@ from .formats import (FORMAT, FORMAT_VERSION, READERS, LoadInfo,  # noqa: F401 (
                       _ext, _write_error, load_darknet, load_model, load_pt, load_safetensors,
                       load_state, save_pt, save_safetensors)
 from .model import Darknet
-from .optional import INSTALL, require
+from .optional import require
 from .weights import DEFAULT_VERSION, Header, LoadReport
 
 
@@ -78,8 +78,6 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, cfg=None, dialect
                              allow_trailing=allow_trailing, allow_nonfinite=allow_nonfinite)
     result = writer(model, dst, version=version, cutoff=info.cutoff, decode=decode, opset=opset,
                     check=check)
-    if isinstance(result, OnnxReport) and "onnxruntime is not installed" in result.note:
-        result.note += f" ({INSTALL['onnxruntime']})"
     return ConvertReport(info, os.fspath(dst), result)
 
 

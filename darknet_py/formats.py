@@ -37,7 +37,7 @@ from torch import Tensor
 
 from .cfg import parse_cfg, write_cfg
 from .errors import ConvertError
-from .io import atomic_open, atomic_write
+from .files import atomic_open, atomic_write
 from .model import Darknet
 from .optional import require
 from .weights import Header, LoadReport, PartialWeightsWarning, layer_label, nonfinite_text

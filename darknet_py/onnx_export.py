@@ -25,7 +25,8 @@ from torch import Tensor, nn
 from .errors import ConvertError, DarknetError
 from .formats import _write_error
 from .layers.heads import traceable_head_types
-from .io import atomic_write
+from .optional import INSTALL, require
+from .files import atomic_write
 from .model import Darknet
 
 
@@ -385,6 +386,7 @@ def export_onnx(model: Darknet, path: str | os.PathLike, *, decode: bool = False
     time_steps`` sequences (:func:`batch_unit`), the steps unrolled in the graph,
     which starts every run from zero state (no state is carried between runs).
     """
+    require("onnx", "ONNX export")
     path = os.fspath(path)
     if nms is not None:
         decode = True
@@ -502,8 +504,10 @@ def _check_other_size(model: Darknet, module: nn.Module, data: bytes, report: On
 
 
 #: float16 keeps 11 significant bits: a value rounds by <= 2^-11 relative.  The fp16 graph
-#: must be no further from float32 torch than torch's own float16 forward is, or than this
-#: (4 roundings' worth, for a shallow network where both are tiny).
+#: is a float16 evaluation of the network as torch's own float16 forward is, with rounding
+#: noise of the same size but not the same values (another kernel order): it must be within
+#: twice torch's distance from float32 (the two noises can add up), or this (4 roundings'
+#: worth, for a shallow network where both are tiny).
 FP16_RULE = 4 * 2.0 ** -11
 
 
@@ -520,9 +524,9 @@ def _check_fp16(model: Darknet, module: nn.Module, data: bytes, report: OnnxRepo
     report.checked = True
     report.end_to_end_diff = diff
     report.note = f"float16: onnxruntime {diff:.2g}, torch float16 {torch_gap:.2g} from torch float32"
-    if not diff <= max(FP16_RULE, torch_gap):
+    if not diff <= max(FP16_RULE, 2 * torch_gap):
         raise ConvertError(f"{model.cfg.file}: the float16 graph differs from float32 torch by "
-                           f"{diff:.3g}, more than torch's own float16 forward ({torch_gap:.3g})")
+                           f"{diff:.3g}, more than twice torch's own float16 forward ({torch_gap:.3g})")
 
 
 def _check_nms(model: Darknet, module: "Deployable", data: bytes, report: OnnxReport, opset: int,
@@ -572,7 +576,7 @@ def _check_onnx(model: Darknet, module: nn.Module, data: bytes, report: OnnxRepo
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
-        report.note = "not checked: onnxruntime is not installed"
+        report.note = f"not checked: onnxruntime is not installed ({INSTALL['onnxruntime']})"
         return
     c, h, w = model.input_shape
     x2 = torch.rand(2 * batch_unit(model), c, h, w, generator=gen).to(device)

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from .errors import WeightsError
-from .io import atomic_open, paused_gc, write_buffers
+from .files import atomic_open, paused_gc, write_buffers
 
 if TYPE_CHECKING:
     from .model import Darknet

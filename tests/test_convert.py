@@ -225,7 +225,7 @@ def test_wrong_output_extension(tmp_path):
 def test_interrupted_write_leaves_no_file(tmp_path, monkeypatch, fmt):
     src = _tiny_pt(tmp_path, name="src.pt")
     target = tmp_path / f"out{fmt}"
-    import darknet_py.io as dio
+    import darknet_py.files as dio
     orig = dio.os.replace
 
     def boom(*a, **k):           # the data is written; fail before the rename
@@ -246,7 +246,7 @@ def test_interrupted_torch_save_leaves_no_file(tmp_path, monkeypatch):
         fh.write(b"PK\x03\x04 half a checkpoint")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(C.torch, "save", half)
+    monkeypatch.setattr(torch, "save", half)
     with pytest.raises(KeyboardInterrupt):
         C.save_pt(Darknet(TINY), target)
     assert list(tmp_path.iterdir()) == []

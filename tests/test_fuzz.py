@@ -173,7 +173,7 @@ def test_fuzz_weights(conformance, tmp_path):
     overwritten; load_weights and inspect either work or raise a DarknetError."""
     import struct
 
-    from darknet_py.inspect import inspect
+    from darknet_py.layer_table import inspect
     sources = [("pj_yolov3-tiny_narrow8/pj_yolov3-tiny_narrow8.cfg",
                 "pj_yolov3-tiny_narrow8/pj_yolov3-tiny_narrow8.weights"),
                ("pj_alexnet_narrow16/pj_alexnet_narrow16.cfg",

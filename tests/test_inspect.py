@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from darknet_py.cli import main as cli
-from darknet_py.inspect import format_table, inspect, to_json
+from darknet_py.layer_table import format_table, inspect, to_json
 from tests.conftest import manifest_or_empty
 
 MANIFEST = manifest_or_empty()

@@ -140,7 +140,7 @@ def test_ddp_two_processes_identical_weights(data, tmp_path):
 
 def test_written_files_get_the_usual_mode(tmp_path):
     import os
-    from darknet_py.io import atomic_write
+    from darknet_py.files import atomic_write
     old = os.umask(0o022)
     try:
         atomic_write(tmp_path / "x.weights", b"abc")

@@ -591,7 +591,7 @@ def test_short_writes_are_resumed(tmp_path, monkeypatch):
 def test_full_disk_is_one_error_and_keeps_the_old_file(tmp_path, monkeypatch):
     import errno
 
-    import darknet_py.io as dio
+    import darknet_py.files as dio
     target = tmp_path / "out.weights"
     target.write_bytes(b"old")
 

@@ -105,7 +105,7 @@ def _draw(path: str, res, save_dir: str) -> None:
     import cv2
 
     from ..image import load_image
-    from ..io import atomic_write
+    from ..files import atomic_write
 
     img = load_image(path)[:, :, ::-1].copy()
     thick = max(1, int(img.shape[0] * 0.006))
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from ..cfg import UnusedOptionWarning
     from ..detect import Detector, load_detector_model, read_names
-    from ..io import atomic_write
+    from ..files import atomic_write
     from ..progress import progress_bar
 
     names = read_names(args.names) if args.names else None

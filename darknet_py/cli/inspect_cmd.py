@@ -26,7 +26,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from ..inspect import format_table, inspect, to_json
+    from ..layer_table import format_table, inspect, to_json
 
     insp = inspect(args.cfg, args.weights, dialect=args.dialect, width=args.width,
                    height=args.height)

@@ -101,6 +101,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.json == "-":
             print(text)
         else:
-            from ..io import atomic_write
+            from ..files import atomic_write
             atomic_write(args.json, text.encode())
     return 1 if ev.failed else 0

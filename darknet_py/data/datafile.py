@@ -170,7 +170,7 @@ def parse_data_file(path: str | os.PathLike) -> DataConfig:
 def write_data_file(path: str | os.PathLike, classes: int, train: str, valid: str, names: str,
                     backup: str = "backup/", **extra: str) -> None:
     """Write a ``.data`` file darknet reads (atomically)."""
-    from ..io import atomic_write
+    from ..files import atomic_write
     lines = [f"classes = {classes}", f"train = {train}", f"valid = {valid}",
              f"names = {names}", f"backup = {backup}"]
     lines += [f"{k} = {v}" for k, v in extra.items()]

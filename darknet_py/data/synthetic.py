@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 
 from ..errors import DataError
-from ..io import atomic_write
+from ..files import atomic_write
 from ..progress import progress_bar
 from .datafile import write_data_file
 from .labels import format_labels

@@ -131,7 +131,7 @@ def draw_chart(path: str | Path, losses: list[tuple[int, float]], maps: list[tup
     """Write :func:`render_chart` as a PNG at ``path`` (atomically)."""
     import cv2
 
-    from ..io import atomic_write
+    from ..files import atomic_write
     ok, buf = cv2.imencode(".png", render_chart(losses, maps, max_batches))
     if ok:
         atomic_write(Path(path), buf.tobytes())

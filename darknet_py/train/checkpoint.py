@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError
-from ..io import atomic_open
+from ..files import atomic_open
 
 #: the keys of a resume checkpoint
 STATE_KEYS = ("model", "trainer", "minibatch")
