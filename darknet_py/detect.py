@@ -85,6 +85,12 @@ class Detector:
         self.model = inference_model(model, fuse_bn=fuse, channels_last=channels_last,
                                      precision=precision, device=self.device)
         self.channels_last = self.model.channels_last
+        self._set_postprocessing(model, names, thresh, hier_thresh, nms, resize, nms_kind, batch_size)
+
+    def _set_postprocessing(self, model, names: Sequence[str] | None, thresh: float,
+                            hier_thresh: float, nms: float, resize: str | None,
+                            nms_kind: str | None, batch_size: int) -> None:
+        """darknet's resize mode, decoding, NMS and class names for ``model``'s heads."""
         self.net_w, self.net_h = model.width, model.height
         letter_box = int(model.net.options.get("letter_box", 0) or 0)
         self.resize = resize or default_resize_mode(model.dialect, letter_box)
@@ -93,8 +99,8 @@ class Detector:
         if nms_kind:
             kw["nms_kind"] = nms_kind
         self.post = Postprocessor.for_model(model, **kw)
-        classes = self.post.heads[0].classes
-        self.names = list(names) if names else [str(i) for i in range(classes)]
+        self.classes = self.post.heads[0].classes
+        self.names = list(names) if names else [str(i) for i in range(self.classes)]
         self.batch_size = max(1, int(batch_size))
 
     @property

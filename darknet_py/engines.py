@@ -26,8 +26,8 @@ import torch
 
 from .detect import Detector
 from .errors import DarknetError
-from .image import default_resize_mode, prepare, to_float
-from .postprocess import CORRECTIONS, Detections, Postprocessor
+from .image import prepare, to_float
+from .postprocess import CORRECTIONS, Detections
 
 Run = Callable[[np.ndarray], list]
 
@@ -154,17 +154,7 @@ class EngineDetector(Detector):
                                f"{str(exc).strip().splitlines()[-1][:300]}") from None
         self.engine_name = engine
         self.device, self.channels_last = torch.device("cpu"), False
-        self.net_w, self.net_h = model.width, model.height
-        letter_box = int(model.net.options.get("letter_box", 0) or 0)
-        self.resize = resize or default_resize_mode(model.dialect, letter_box)
-        kw = {"thresh": thresh, "hier_thresh": hier_thresh, "nms": nms,
-              "letter": self.resize == "letterbox"}
-        if nms_kind:
-            kw["nms_kind"] = nms_kind
-        self.post = Postprocessor.for_model(model, **kw)
-        self.classes = self.post.heads[0].classes
-        self.names = list(names) if names else [str(i) for i in range(self.classes)]
-        self.batch_size = max(1, int(batch_size))
+        self._set_postprocessing(model, names, thresh, hier_thresh, nms, resize, nms_kind, batch_size)
         self.unit = int(self.meta.get("batch_unit", 1))
         if self.meta.get("decode") and self.meta.get("nms") is None:
             raise DarknetError(f"{path}: a --decode graph without --nms is not run by detect "
