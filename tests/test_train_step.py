@@ -759,3 +759,19 @@ def test_darknet_bn_backward_is_darknets_formula(dialect):
     std_a = torch.sqrt(var_a) + 1e-6 if dialect == "pjreddie" else torch.sqrt(var_a + 1e-5)
     ((xa - mean_a) / std_a * scales.view(1, -1, 1, 1)).backward(gy)
     assert not np.allclose(xa.grad.numpy(), dx, rtol=1e-3, atol=0)
+
+
+def test_darknet_order_sums_do_not_depend_on_threads():
+    """The sums run on blocks of channels in several threads: each channel's sum is still
+    one loop in darknet's order, so one thread and two give the same bits."""
+    from darknet_py.train import darknet_order
+    x = torch.randn(4, 8, 400, 400, generator=torch.Generator().manual_seed(5))  # > 2M values: split
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = (*darknet_order.batch_stats(x), darknet_order.image_channel_sums(x))
+        torch.set_num_threads(2)
+        two = (*darknet_order.batch_stats(x), darknet_order.image_channel_sums(x))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(one, two))

@@ -41,6 +41,8 @@ reproduced either way), and so do float64 ones.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -62,11 +64,24 @@ def _as_rows(x: Tensor) -> np.ndarray:
     return a.reshape(a.shape[0], a.shape[1], -1)
 
 
-def sequential_sum(rows: np.ndarray, centre: np.ndarray | None = None) -> np.ndarray:
-    """float32 [N, C, S] -> [C]: per channel ``s += v`` over (image, position) in order,
-    float32 rounding after every add (darknet's ``for j: for k: sum += x[j][i][k]``).
-    With ``centre`` (float32 [C]) the values added are ``(x - centre)**2`` in float32
-    (``variance_cpu``'s terms), made one image at a time."""
+def _by_channel_blocks(fn, rows: np.ndarray, *extra: np.ndarray | None) -> np.ndarray:
+    """``fn`` over blocks of channels (axis 1 of ``rows``, axis 0 of each ``extra``) in
+    torch's number of threads, the results joined along the channel axis.  Each channel's
+    sum stays one sequential loop, so the split changes nothing but the wall time (numpy
+    releases the GIL inside its loops)."""
+    c = rows.shape[1]
+    threads = min(torch.get_num_threads(), max(1, rows.size // (1 << 20)), c)
+    if threads <= 1:
+        return fn(rows, *extra)
+    bounds = np.linspace(0, c, threads + 1).astype(int)
+    blocks = [(rows[:, a:b], *(e if e is None else e[a:b] for e in extra))
+              for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    with ThreadPoolExecutor(len(blocks)) as pool:
+        parts = list(pool.map(lambda args: fn(*args), blocks))
+    return np.concatenate(parts, axis=-1)
+
+
+def _sequential_sum(rows: np.ndarray, centre: np.ndarray | None) -> np.ndarray:
     n, c, s = rows.shape
     carry = np.zeros(c, dtype=f32)
     if s == 0:
@@ -84,9 +99,15 @@ def sequential_sum(rows: np.ndarray, centre: np.ndarray | None = None) -> np.nda
     return carry
 
 
-def per_image_sums(rows: np.ndarray) -> np.ndarray:
-    """float32 [N, C, S] -> [N, C]: darknet's ``sum_array`` over the positions of each
-    image and channel, in order."""
+def sequential_sum(rows: np.ndarray, centre: np.ndarray | None = None) -> np.ndarray:
+    """float32 [N, C, S] -> [C]: per channel ``s += v`` over (image, position) in order,
+    float32 rounding after every add (darknet's ``for j: for k: sum += x[j][i][k]``).
+    With ``centre`` (float32 [C]) the values added are ``(x - centre)**2`` in float32
+    (``variance_cpu``'s terms), made one image at a time."""
+    return _by_channel_blocks(_sequential_sum, rows, centre)
+
+
+def _per_image_sums(rows: np.ndarray) -> np.ndarray:
     n, c, s = rows.shape
     out = np.zeros((n, c), dtype=f32)
     if s == 0:
@@ -96,6 +117,12 @@ def per_image_sums(rows: np.ndarray) -> np.ndarray:
         np.add.accumulate(rows[j], axis=1, out=buf)
         out[j] = buf[:, -1]
     return out
+
+
+def per_image_sums(rows: np.ndarray) -> np.ndarray:
+    """float32 [N, C, S] -> [N, C]: darknet's ``sum_array`` over the positions of each
+    image and channel, in order."""
+    return _by_channel_blocks(_per_image_sums, rows)
 
 
 def _channel(v: Tensor, x: Tensor) -> Tensor:
