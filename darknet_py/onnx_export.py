@@ -17,15 +17,16 @@ import json
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 from torch import Tensor, nn
 
 from .errors import ConvertError, DarknetError
-from .formats import _write_error
+from .formats import _first_line, _write_error
 from .layers.heads import traceable_head_types
-from .optional import INSTALL, require
+from .optional import INSTALL, available, require
+from .weights import layer_label
 from .files import atomic_write
 from .model import Darknet
 
@@ -273,9 +274,7 @@ def _rel(a, b: Tensor) -> float:
     return float(diff.max()) / scale   # NaN (never <= atol) when only one side is NaN
 
 
-def _layer_name(model: Darknet, i: int) -> str:
-    s = model.module_list[i].section
-    return f"layer {i} [{s.name}] ({s.file}:{s.line})"
+_layer_name = layer_label
 
 
 def _all_outputs(model: Darknet, x: Tensor) -> dict[int, Tensor]:
@@ -337,11 +336,6 @@ def _probe_layers(model: Darknet, x: Tensor, opset: int, atol: float,
 def _out_of_memory(exc: BaseException) -> bool:
     text = str(exc)
     return isinstance(exc, MemoryError) or "allocate" in text or "bad_alloc" in text
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
 
 
 @dataclass
@@ -420,7 +414,9 @@ def export_onnx(model: Darknet, path: str | os.PathLike, *, decode: bool = False
             _probe_layers(model, x1, opset, atol)   # names the layer when one is at fault
             raise ConvertError(f"{model.cfg.file}: ONNX export failed: {_first_line(exc)}") from None
         report = OnnxReport(path, out_names, len(data), checked=False)
-        if check:
+        if check and not available("onnxruntime"):   # every check below runs onnxruntime
+            report.note = f"not checked: onnxruntime is not installed ({INSTALL['onnxruntime']})"
+        elif check:
             if fp16 and nms is not None:   # the float16 boxes and scores; NMS as in float32
                 plain = Deployable(model, None, thresh)
                 plain_data = _onnx_bytes(_Float16(plain), (x1,), ["input"], deploy_outputs(None), opset)
@@ -573,11 +569,6 @@ def _with_metadata(data: bytes, model: Darknet, **how) -> bytes:
 
 def _check_onnx(model: Darknet, module: nn.Module, data: bytes, report: OnnxReport, opset: int,
                 atol: float, gen: torch.Generator, device) -> None:
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        report.note = f"not checked: onnxruntime is not installed ({INSTALL['onnxruntime']})"
-        return
     c, h, w = model.input_shape
     x2 = torch.rand(2 * batch_unit(model), c, h, w, generator=gen).to(device)
     with torch.no_grad():

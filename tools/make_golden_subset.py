@@ -22,6 +22,8 @@ What is taken, and why (CASES ... PHOTOS below say it per entry):
 * the three ``decode_*`` cases (yolo and region decoding + NMS; 230 kB), with
   the cfgs they read (for the region one, that of ``pj_yolov2-tiny_narrow8``,
   whose own weights and arrays are left out);
+* ``zoo/``: both darknets' ``cfg/`` folders, unchanged, 0.84 MB (parse, build, shape
+  and ONNX tests read them; they are conformance data, not our cfg/);
 * the official yolov3-tiny photo case WITHOUT its weights: the 35 MB
   ``yolov3-tiny.weights`` alone exceeds the budget and cannot be shrunk
   losslessly.  Shipped: the cfg, coco.names and two photos (chelsea.png,
@@ -84,6 +86,7 @@ TRAIN_CASES = {
 #: folders copied whole
 FOLDERS = {
     "weights_format": "header variants (32/64-bit seen), transposed [connected], darknet partial",
+    "zoo": "both darknets' cfg/ folders, unchanged (parse, build, BFLOPs, size checks)",
 }
 #: the official yolov3-tiny photo case: files shipped as they are
 REAL_FILES = ("cfg", "names")

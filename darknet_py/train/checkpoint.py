@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError
-from ..files import atomic_open
+from ..files import atomic_open, atomic_write
 
 #: the keys of a resume checkpoint
 STATE_KEYS = ("model", "trainer", "minibatch")
@@ -45,8 +45,7 @@ def write_rank_digests(path: str | os.PathLike, model, main_rank: bool) -> bool:
     from . import distributed as ddp
     same, digests = ddp.all_equal(param_digest(model))
     if main_rank:
-        with atomic_open(Path(path)) as fh:
-            fh.write(json.dumps({"digests": digests}).encode())
+        atomic_write(Path(path), json.dumps({"digests": digests}).encode())
     return same
 
 

@@ -148,9 +148,9 @@ class DarknetBias(torch.autograd.Function):
 
     forward(x: Tensor[N, C, ...], biases: Tensor[C], parts: dict) -> Tensor[N, C, ...].
     The gradient of ``biases`` is the sum over images of the per-image sums
-    (Tensor[N, C], each over the positions in order); those per-image sums are also
-    left in ``parts[biases]`` so that :class:`~darknet_py.train.Trainer` adds them into
-    darknet's ``bias_updates`` buffer one image at a time, as darknet does.
+    (Tensor[N, C], each over the positions in order); on CPU those per-image sums are
+    also left in ``parts[biases]`` so that :class:`~darknet_py.train.Trainer` adds them
+    into darknet's ``bias_updates`` buffer one image at a time, as darknet does.
     """
 
     @staticmethod
@@ -163,12 +163,14 @@ class DarknetBias(torch.autograd.Function):
     def backward(ctx, g: Tensor):  # type: ignore[override]
         if not ctx.needs_input_grad[1]:
             return g, None, None
-        per_image = order.image_channel_sums(g).to(g.device)
-        ctx.parts[ctx.key] = per_image
-        total = per_image[0].clone()
-        for row in per_image[1:]:
-            total += row
-        return g, total, None
+        if not order.applies(g):            # CUDA: torch's sum, no order to keep
+            return g, g.flatten(2).sum((0, 2)), None
+        per_image = order.image_channel_sums(g)
+        # a bias shared by two layers (share_index) gets both backwards' rows, in the
+        # order they run (darknet's: the later layer first)
+        old = ctx.parts.get(ctx.key)
+        ctx.parts[ctx.key] = per_image if old is None else torch.cat([old, per_image])
+        return g, per_image.sum(0), None   # the Trainer adds the rows themselves
 
 
 class _BiasSum:
