@@ -251,7 +251,8 @@ def test_pre_update_buffers_of_updates_2_and_3(trajectory):
 def _c_mean_var(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """mean_cpu / variance_cpu transcribed value by value: float sums in loop order
     (image, then position).  The square is rounded to float before the add: C writes
-    pow() (double) there, darknet_order's one documented difference from the C loop."""
+    pow() (double) there, but the conformance data follows the float square (see
+    darknet_py.train.darknet_order)."""
     n, c = x.shape[:2]
     rows = x.reshape(n, c, -1)
     count = rows.shape[0] * rows.shape[2]
@@ -313,11 +314,9 @@ def test_exact_bn_backward_follows_darknets_loops(dialect):
     y, mean, var = DarknetBatchNorm.apply(xr, sr, dialect)
     y.backward(gy)
     m, v, g, xn = mean.numpy(), var.numpy(), gy.numpy(), x.numpy()
-    # normalize_cpu: float (x - mean) divided by C's double sqrt, rounded once to float
-    std = (np.sqrt(v.astype(np.float64)) + float(f32(1e-6)) if dialect == "pjreddie"
-           else np.sqrt((v + f32(1e-5)).astype(np.float64)))
+    std = (np.sqrt(v) + f32(1e-6)) if dialect == "pjreddie" else np.sqrt(v + f32(1e-5))
     xc = xn - m[None, :, None, None]
-    x_hat = (xc.astype(np.float64) / std[None, :, None, None]).astype(f32)
+    x_hat = xc / std[None, :, None, None]
     n = 2 * 4 * 5
     dx = np.zeros_like(xn)
     for i in range(3):
