@@ -251,8 +251,7 @@ def test_pre_update_buffers_of_updates_2_and_3(trajectory):
 def _c_mean_var(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """mean_cpu / variance_cpu transcribed value by value: float sums in loop order
     (image, then position).  The square is rounded to float before the add: C writes
-    pow() (double) there, but the conformance data follows the float square (see
-    darknet_py.train.darknet_order)."""
+    pow() (double) there, a documented difference of darknet_order."""
     n, c = x.shape[:2]
     rows = x.reshape(n, c, -1)
     count = rows.shape[0] * rows.shape[2]

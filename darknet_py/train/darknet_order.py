@@ -23,14 +23,17 @@ The element-wise formula of ``normalize_delta_cpu`` and the factors of
 evaluates them in double and rounds once to float; we do the same with float64
 tensors (IEEE double, correctly rounded like C's, whatever the SIMD width).
 
-``variance_cpu`` writes ``pow(x - mean, 2)``, a double, added to the float sum;
-we add the square rounded to float, which is what the conformance data shows:
-the AlexeyAB trajectory whose update 2 sits on a leaky near-tie
-(``train_ab_yolov4-tiny_narrow8_bnbiasgrad``; half of darknet's own 1-ulp
-perturbed reruns flip it) follows darknet to 6e-7 with the float square and
-falls on the other side of the tie (1.1e-4 at update 2) when each square is
-added in double.  ``normalize_cpu`` is evaluated in float for the same reason
-(:func:`normalize`).
+Two steps differ from the C source, which evaluates them in double: ``variance_cpu``
+adds ``pow(x - mean, 2)`` to the float sum in double, and ``normalize_cpu`` divides
+by a double ``sqrt``; here the square is rounded to float before the add (what
+``numpy.add.accumulate`` can do in order) and the division is a float one.  They
+move a value by at most an ulp.  The conformance data does not decide between the
+two roundings: the one trajectory that sits on a leaky near-tie
+(``train_ab_yolov4-tiny_narrow8_bnbiasgrad``, update 2; half of darknet's own 1-ulp
+perturbed reruns flip it) followed darknet to 6e-7 with these float steps on
+AVX-512 convolution kernels, fell on the other side of the tie (1.1e-4, within the
+case's 2.2e-3) with them on AVX2 kernels, and on the other side on both with C's
+double steps.
 
 Sums run with :func:`numpy.add.accumulate`, which adds strictly in order with
 float32 rounding after every add (``numpy.sum`` and ``torch.sum`` add pairwise
@@ -151,15 +154,8 @@ def batch_stats(x: Tensor) -> tuple[Tensor, Tensor]:
 
 def normalize(xc: Tensor, var: Tensor, dialect: str) -> Tensor:
     """``normalize_cpu`` on ``xc = x - mean`` (float32): pjreddie
-    ``xc / (sqrt(v) + .000001f)``, AlexeyAB ``xc / sqrt(v + .00001f)``, in float.
-
-    The C source writes a double ``sqrt`` here; the float evaluation is what the
-    conformance data shows (a compiler may narrow a float-in, float-out expression
-    like this one): the AlexeyAB trajectory whose update 2 sits on a leaky near-tie
-    (``train_ab_yolov4-tiny_narrow8_bnbiasgrad``) follows darknet to 6e-7 with the
-    float division and falls on the other side of the tie (6e-4) with a double one;
-    the pjreddie trajectories match within their tolerances either way.
-    """
+    ``xc / (sqrt(v) + .000001f)``, AlexeyAB ``xc / sqrt(v + .00001f)``, in float (C's
+    sqrt is a double one; see the module doc for why this is left in float)."""
     return xc / _channel(std_of(var, dialect), xc)
 
 
