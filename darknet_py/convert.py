@@ -61,12 +61,13 @@ class ConvertReport:
 def convert(src: str | os.PathLike, dst: str | os.PathLike, *, cfg=None, dialect: str = "auto",
             version: tuple[int, int, int] | None = None, decode: bool = False, strict: bool = True,
             allow_trailing: bool = False, allow_nonfinite: bool = False, opset: int = 17,
-            check: bool = True) -> ConvertReport:
+            check: bool = True, **export) -> ConvertReport:
     """Convert between .weights, .pt, .safetensors (and export .onnx), by extension.
 
     The header (``seen`` included) is kept unless ``version`` asks for another;
     a partial source stays partial.  NaN/inf parameters are refused unless
-    ``allow_nonfinite``.
+    ``allow_nonfinite``.  ``export``: the ONNX options of :func:`export_onnx`
+    (``nms``, ``thresh``, ``fp16``, ``dynamic_size``).
     """
     writer = WRITERS.get(_ext(dst))
     if writer is None:
@@ -77,7 +78,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, cfg=None, dialect
     model, info = load_model(src, cfg=cfg, dialect=dialect, strict=strict,
                              allow_trailing=allow_trailing, allow_nonfinite=allow_nonfinite)
     result = writer(model, dst, version=version, cutoff=info.cutoff, decode=decode, opset=opset,
-                    check=check)
+                    check=check, **export)
     return ConvertReport(info, os.fspath(dst), result)
 
 

@@ -622,17 +622,3 @@ def _save_onnx(model: Darknet, path, *, decode: bool = False, opset: int = 17, c
                dynamic_size: bool = False, **_) -> OnnxReport:
     return export_onnx(model, path, decode=decode, nms=nms, thresh=thresh, fp16=fp16,
                        dynamic_size=dynamic_size, opset=opset, check=check)
-
-
-def convert_to_onnx(src: str | os.PathLike, dst: str | os.PathLike, *, cfg=None, dialect: str = "auto",
-                    strict: bool = True, allow_trailing: bool = False, allow_nonfinite: bool = False,
-                    version=None, **options):
-    """``darknet-py convert IN OUT.onnx``: :func:`export_onnx` of any file
-    :func:`~darknet_py.convert.load_model` reads; ``options`` go to :func:`export_onnx`
-    (``version``, a darknet header version, has no meaning for ONNX).
-    Returns a :class:`~darknet_py.convert.ConvertReport`."""
-    from .convert import ConvertReport, load_model
-
-    model, info = load_model(src, cfg=cfg, dialect=dialect, strict=strict, allow_trailing=allow_trailing,
-                             allow_nonfinite=allow_nonfinite)
-    return ConvertReport(info, os.fspath(dst), export_onnx(model, dst, **options))

@@ -53,15 +53,12 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from ..convert import convert
-    from ..onnx_export import convert_to_onnx
     from ..weights import parse_version
 
     version = parse_version(args.header_version) if args.header_version else None
-    run, onnx = convert, {}
-    if args.dst.lower().endswith(".onnx"):   # the export options: darknet_py/onnx_export.py
-        run, onnx = convert_to_onnx, {"nms": args.nms, "thresh": args.thresh, "fp16": args.fp16,
-                                      "dynamic_size": args.dynamic_size}
-    report = run(args.src, args.dst, cfg=args.cfg, dialect=args.dialect, version=version,
+    onnx = {"nms": args.nms, "thresh": args.thresh, "fp16": args.fp16,
+            "dynamic_size": args.dynamic_size} if args.dst.lower().endswith(".onnx") else {}
+    report = convert(args.src, args.dst, cfg=args.cfg, dialect=args.dialect, version=version,
                      decode=args.decode, strict=not args.non_strict,
                      allow_trailing=args.allow_trailing, allow_nonfinite=args.allow_nonfinite,
                      opset=args.opset, check=not args.no_check, **onnx)
