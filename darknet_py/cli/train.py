@@ -26,7 +26,7 @@ import torch
 from tqdm import tqdm
 
 from darknet_py import Darknet, DarknetError, Trainer
-from darknet_py.cfg import parse_cfg
+from darknet_py.cfg import parse_cfg, write_cfg
 from darknet_py.layers.heads import HEAD_TYPES
 from darknet_py.data import (DarknetUpdateSampler, MultiScaleSchedule, dataset_from_coco,
                              dataset_from_files, from_data_config, parse_data_file, train_loader)
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     def get_lr(it: int) -> float:  # darknet's get_current_rate: burn-in, then the cfg's policy
         return darknet_rate(it, trainer.schedule)
 
-    cfg_text = Path(args.cfg).read_text()
+    cfg_text = write_cfg(cfg)  # the cfg trained: the command line's [net] overrides included
 
     def save(tag: str, resume: bool = False) -> None:  # <cfg>_<tag>.weights (+ .pt to resume)
         if main_rank:
