@@ -10,7 +10,7 @@ setup(
     packages=find_packages(include=["darknet_py", "darknet_py.*"]),
     package_data={"darknet_py.data": ["builtin/*.cfg"]},
     python_requires=">=3.9",
-    install_requires=["torch>=2.1", "numpy", "opencv-python-headless", "pycocotools",
+    install_requires=["torch>=2.1", "numpy", "numba>=0.59", "opencv-python-headless", "pycocotools",
                       "safetensors", "tqdm"],
     extras_require={
         "onnx": ONNX,

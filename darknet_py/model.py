@@ -17,14 +17,17 @@ from .weights import DEFAULT_VERSION, Header, LoadReport, load_weights, save_wei
 
 
 #: layer types whose forward takes channels-last inputs as they are (the others get
-#: NCHW-contiguous copies in a channels-last forward; e.g. a ``.view`` needs them)
+#: NCHW-contiguous copies in a channels-last forward; e.g. a ``.view`` needs them);
+#: in training the heads are not among them (their losses view the raw input)
 _CHANNELS_LAST_TYPES = frozenset({"convolutional", "route", "shortcut", "upsample", "yolo"})
+_CHANNELS_LAST_TRAINING = _CHANNELS_LAST_TYPES - {"yolo"}
 
 
-def _channels_last_safe(layer: nn.Module) -> bool:
-    if getattr(layer, "type", None) == "maxpool":
+def _channels_last_safe(layer: nn.Module, training: bool = False) -> bool:
+    kind = getattr(layer, "type", None)
+    if kind == "maxpool":
         return not getattr(layer, "depth", False)
-    return getattr(layer, "type", None) in _CHANNELS_LAST_TYPES
+    return kind in (_CHANNELS_LAST_TRAINING if training else _CHANNELS_LAST_TYPES)
 
 
 class Darknet(nn.Module):
@@ -119,7 +122,7 @@ class Darknet(nn.Module):
         outs: dict[int, Tensor] = {-1: x}
         result: dict[int, Tensor] = {}
         for i, m in enumerate(self.module_list):
-            if nhwc and not _channels_last_safe(m):
+            if nhwc and not _channels_last_safe(m, self.training):
                 y = m(*(outs[s].contiguous() for s in m.sources))
             else:
                 y = m(*(outs[s] for s in m.sources))
@@ -132,10 +135,10 @@ class Darknet(nn.Module):
         return result
 
     def _use_channels_last(self, x: Tensor) -> bool:
-        """Eval mode on CPU runs channels-last (NHWC) activations: oneDNN's convolutions
-        and max pooling are much faster so (the same numbers to ~1e-6); training keeps NCHW.
-        ``model.channels_last = False`` turns it off."""
-        return (not self.training and x.dim() == 4 and x.device.type == "cpu"
+        """On CPU the forward runs channels-last (NHWC) activations, in eval and training
+        mode: oneDNN's convolutions (and their backward) and max pooling are much faster
+        so (the same numbers to ~1e-6).  ``model.channels_last = False`` turns it off."""
+        return (x.dim() == 4 and x.device.type == "cpu"
                 and getattr(self, "channels_last", None) is not False and not torch.jit.is_tracing())
 
     def forward(self, x: Tensor) -> list[Tensor]:

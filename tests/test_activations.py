@@ -175,9 +175,16 @@ def test_pjreddie_formula(name):
     x = _inputs(name)
     ours, ref = _ours("pjreddie", name, x), PJ[name](x)
     if name in EXP_BASED:
-        # both exps are float64 libm calls; a rounding to float can still flip by one ulp
+        # both exps are float64 calls (torch's vectorised one, numpy's libm) a few double
+        # ulps apart; near 0, exp(x) - 1 cancels and scales that up past a float ulp, and
+        # which exp torch runs on an element depends on the buffer's alignment.  For
+        # |x| >= 0.5 nothing cancels: the float roundings of the two double results differ
+        # only within ~2^-28 relative of a float rounding boundary, i.e. almost never.
+        # That they agree there is what shows the formula runs in double (in float
+        # the results would differ by an ulp on a large share of the inputs).
         _compare(ours, ref, x, exact=False, what=f"pjreddie {name}")
-        assert np.mean(ours[~np.isnan(ref)] == ref[~np.isnan(ref)]) > 0.999
+        far = ~np.isnan(ref) & (np.abs(x) >= 0.5)
+        assert np.mean(ours[far] == ref[far]) > 0.999
     else:
         _compare(ours, ref, x, exact=True, what=f"pjreddie {name}")
 

@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     o("--freeze", type=int, help="freeze layers 0..N (as stopbackward=1 on layer N)")
     o("--mode", choices=("exact", "autograd"), default="exact", help="exact: darknet's own "
       "gradients (default); autograd: plain autograd of the same forward")
+    o("--amp", action="store_true", help="mixed precision (float16 autocast, dynamic loss scale): "
+      "CUDA and --mode autograd only; faster, not darknet's arithmetic")
     o("--save-every", type=int, default=100,
       help="iterations between <cfg>_last.weights checkpoints (darknet: 100)")
     o("--seed", type=int, default=0, help="seed of the initial weights, the data sampling and "
@@ -118,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             print(report)
     if args.clear:
         model.seen = 0
-    trainer = Trainer(model.to(device), mode=args.mode)
+    trainer = Trainer(model.to(device), mode=args.mode, amp=args.amp)
     minibatch = load_state(args.resume, model, trainer, device) if args.resume else 0
     start, max_batches = trainer.iteration, trainer.max_batches
     origin = args.resume or (args.weights and f"{args.weights}{' (--clear)' * args.clear}") or "new weights"

@@ -293,7 +293,12 @@ class Convolutional(_BNMixin, DarknetLayer):
         if self._inference_path(x):
             y = self._inference_forward(x)
         else:
-            y = self.activation(self._norm_bias(self.conv(x)))
+            z = self.conv(x)
+            # the trainer's fused BN + bias + activation (darknet_py.train.conv_tail), or None
+            tail = self.__dict__.get("train_tail") if self.training else None
+            y = tail(self, z) if tail is not None else None
+            if y is None:
+                y = self.activation(self._norm_bias(z))
         return self.blur(y) if self.blur is not None else y
 
     def _inference_forward(self, x: Tensor) -> Tensor:

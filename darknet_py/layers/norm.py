@@ -78,6 +78,8 @@ def batchnorm(layer, x: Tensor) -> Tensor:
     """
     if layer.training:
         fn = getattr(layer, "bn_function", None) or _train_normalize
+        if x.dtype in (torch.float16, torch.bfloat16):
+            x = x.float()   # mixed precision (autocast): the statistics in float32
         y, mean, var = fn(x, layer.scales, layer.dialect)
         mean, var = mean.detach(), var.detach()
         update_rolling(layer, mean, var)

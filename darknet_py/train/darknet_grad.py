@@ -66,6 +66,7 @@ from torch.utils.hooks import RemovableHandle
 from ..errors import UnsupportedLayerError
 from ..layers.norm import batch_stats, std_of
 from . import darknet_order as order
+from .conv_tail import ConvTail
 
 MODES = ("exact", "autograd")
 
@@ -304,6 +305,10 @@ class DarknetBackward:
                 layer.bn_function = fn
             if hasattr(layer, "_norm_bias"):
                 layer.bias_function = bias_fn
+            if layer.type == "convolutional":
+                layer.__dict__["train_tail"] = (ConvTail(mode, model.dialect, layer.act_name,
+                                                         self.bias_parts)
+                                                if ConvTail.supports(layer) else None)
         if mode != "exact":
             return
         for consumer, source in dropped_edges(model):

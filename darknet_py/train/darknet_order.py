@@ -179,28 +179,36 @@ def bn_backward(g: Tensor, xc: Tensor, var: Tensor, scales: Tensor, dialect: str
 
     ``scale_bias`` (``dxh = g*scale``, float), ``mean_delta_cpu`` and
     ``variance_delta_cpu`` (sequential sums, then a double factor), then
-    ``normalize_delta_cpu`` in double (pjreddie ``dxh/sqrt(v + 1e-5)``, AlexeyAB
-    ``dxh/(sqrt(v) + 1e-5)``; both ``+ vd*2*xc/N + md/N``, with ``md/N`` a float
-    division as in C).  Darknet's delta is ``-g``; every step is odd in it, so this
-    returns exactly minus darknet's delta.
+    ``normalize_delta_cpu`` in double (:func:`bn_backward_factors`).  Darknet's delta
+    is ``-g``; every step is odd in it, so this returns exactly minus darknet's delta.
     """
     n = g.numel() // g.shape[1]
     dxh = g * _channel(scales, g)
+    c1, c2, c0 = bn_backward_factors(channel_sum(dxh).to(g.device),
+                                     channel_sum(dxh * xc).to(g.device), var, n, dialect)
+    return _double_affine(dxh, _channel(c1, g)[0], xc, _channel(c2, g)[0], _channel(c0, g)[0])
+
+
+def bn_backward_factors(sum_dxh: Tensor, sum_dxh_xc: Tensor, var: Tensor, n: int,
+                        dialect: str) -> tuple[Tensor, Tensor, Tensor]:
+    """float64 Tensor[C] ``(c1, c2, c0)`` of ``dx = dxh*c1 + xc*c2 + c0`` from the two
+    sums of ``mean_delta_cpu`` / ``variance_delta_cpu`` (float32 Tensor[C]).
+
+    ``md = sum(dxh) * -1/sqrt(v + 1e-5)`` and ``vd = sum(dxh*xc) * -.5*(v + 1e-5)^-1.5``
+    (double factors, rounded to float as C stores them); ``normalize_delta_cpu`` then is
+    pjreddie ``dxh/sqrt(v + 1e-5)``, AlexeyAB ``dxh/(sqrt(v) + 1e-5)``, both ``+ vd*2*xc/N
+    + md/N`` with ``md/N`` a float division as in C.  C's double expression is regrouped
+    as ``dxh*(1/k) + xc*(vd*2/N) + md/N``: that moves the double result by ~1e-16
+    relative, which changes its rounding to float only within 2^-29 of a float rounding
+    boundary."""
     veps = (var + f32(1e-5)).to(F64)                      # (float)(v + .00001f), promoted
-    md = (channel_sum(dxh).to(g.device).to(F64) * (-1.0 / torch.sqrt(veps))).to(g.dtype)
-    vd = channel_sum(dxh * xc).to(g.device).to(F64) * (-0.5 * torch.pow(veps, -1.5))
-    vd = vd.to(g.dtype)
+    md = (sum_dxh.to(F64) * (-1.0 / torch.sqrt(veps))).to(var.dtype)
+    vd = (sum_dxh_xc.to(F64) * (-0.5 * torch.pow(veps, -1.5))).to(var.dtype)
     if dialect == "pjreddie":
         k = torch.sqrt(veps)
     else:
         k = torch.sqrt(var.to(F64)) + _float_eps(1e-5)
-    # C's double expression, regrouped as dxh*(1/k) + xc*(vd*2/N) + md/N: the regrouping
-    # moves the double result by ~1e-16 relative, which changes its rounding to float only
-    # within 2^-29 of a float rounding boundary
-    c0 = _channel((md / f32(n)).to(F64), g)[0]
-    c1 = _channel(1.0 / k, g)[0]
-    c2 = _channel(vd.to(F64) * 2.0 / float(n), g)[0]
-    return _double_affine(dxh, c1, xc, c2, c0)
+    return 1.0 / k, vd.to(F64) * 2.0 / float(n), (md / f32(n)).to(F64)
 
 
 #: doubles per block of :func:`_double_affine` (2 MB: the block stays in cache)

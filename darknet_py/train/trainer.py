@@ -51,10 +51,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import CfgError, CheckpointError, DataError, UnsupportedLayerError
+from ..errors import CfgError, CheckpointError, DataError, TrainingError, UnsupportedLayerError
 from . import distributed as ddp
 from .darknet_grad import MODES, head_backward, install
 from .schedule import LRSchedule, check_net_keys, get_lr
+from .amp import AMP_DTYPES, LossScale
 from .update import DECAYED, darknet_update_, layer_rate
 
 f32 = np.float32
@@ -102,11 +103,13 @@ class Trainer:
     """Darknet's training step on a :class:`~darknet_py.Darknet` model.
 
     ``Trainer(model, mode="exact", batch=None, subdivisions=None, loss_fn=None,
-    stopbackward=None)``: the training keys come from ``model.net`` (``batch``
+    stopbackward=None, amp=False)``: the training keys come from ``model.net`` (``batch``
     and ``subdivisions`` may be overridden); ``seen`` starts at ``model.seen``
     (the weights file's header).  ``loss_fn(outputs, targets) -> (loss, stats)``
     defaults to ``model.loss``.  ``stopbackward=i`` freezes layers 0..i as a
-    ``stopbackward=1`` on layer ``i`` would (as do the cfg's own).
+    ``stopbackward=1`` on layer ``i`` would (as do the cfg's own).  ``amp=True``
+    (``mode="autograd"`` on CUDA only): mixed precision with a dynamic loss scale,
+    documented in :mod:`.amp`; not darknet's arithmetic.
 
     ``step(images, targets)``: ``images`` Tensor[batch, C, H, W] (all images of
     the update), ``targets`` Tensor[M, 6] rows (image index within the batch,
@@ -124,9 +127,12 @@ class Trainer:
 
     def __init__(self, model, mode: str = "exact", *, batch: int | None = None,
                  subdivisions: int | None = None, loss_fn: LossFn | None = None,
-                 stopbackward: int | None = None):
+                 stopbackward: int | None = None, amp: bool = False):
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+        self.amp = LossScale() if amp else None
+        if amp:
+            _check_amp(mode, _model_device(model))
         net = model.net
         self.model = model
         self.mode = mode
@@ -303,13 +309,24 @@ class Trainer:
 
     def _pass(self, x: Tensor, targets: Tensor) -> PassResult:
         model = self.model
-        outs = model(x)
+        if self.amp is not None:
+            _check_amp(self.mode, x.device)
+            with torch.autocast(x.device.type, dtype=AMP_DTYPES[x.device.type]):
+                outs = model(x)
+            outs = [o.float() for o in outs]      # heads and loss in float32
+        else:
+            outs = model(x)
         heads = [model.module_list[i] for i in model.heads]
         if heads:
             outs = [head_backward(h, o) for h, o in zip(heads, outs)]
         loss, stats = self.loss_fn(outs, targets)
         if loss.requires_grad:
-            loss.backward()
+            (loss * self.amp.scale if self.amp is not None else loss).backward()
+        if self.amp is not None and not self.amp.unscale_(
+                p.grad for *_, p in self._named_params() if p.grad is not None):
+            for *_, p in self._named_params():   # an overflow: this pass adds nothing
+                p.grad = None
+            self.backward.bias_parts.clear()
         self._accumulate()
         head_costs = {}
         total = f32(0)
@@ -363,9 +380,12 @@ class Trainer:
     def state_dict(self) -> dict:
         """Optimiser state to resume exactly: ``seen``, the mode and darknet's update
         (momentum) buffers by parameter name."""
-        return {"seen": self.seen, "mode": self.mode,
-                "updates": {k: v.detach().clone() for k, v in self.updates.items()},
-                **self.backward.state_dict()}
+        state = {"seen": self.seen, "mode": self.mode,
+                 "updates": {k: v.detach().clone() for k, v in self.updates.items()},
+                 **self.backward.state_dict()}
+        if self.amp is not None:
+            state["amp"] = self.amp.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         """Restore :meth:`state_dict`'s content; a state that does not fit this
@@ -388,6 +408,8 @@ class Trainer:
         self.updates = {k: v.detach().to(params[k].device, params[k].dtype).clone()
                         for k, v in state["updates"].items()}
         self.backward.load_state_dict(state, self._device())
+        if self.amp is not None and "amp" in state:
+            self.amp.load_state_dict(state["amp"])
         self.seen = int(state["seen"])
         self.model.seen = self.seen
 
@@ -397,6 +419,20 @@ class Trainer:
             h.remove()
         self._hooks = []
         self.backward.remove()
+
+
+def _model_device(model) -> torch.device:
+    p = next(iter(model.parameters()), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _check_amp(mode: str, device: torch.device) -> None:
+    if mode != "autograd":
+        raise TrainingError(f"amp=True (mixed precision) needs mode='autograd': mode={mode!r} "
+                            f"computes darknet's float32 gradients")
+    if device.type not in AMP_DTYPES:
+        raise TrainingError(f"amp=True (mixed precision) runs on CUDA; the model is on "
+                            f"{device.type} (train it in float32 there)")
 
 
 def split_pass(images: Tensor, targets: Tensor, j: int, mini_batch: int) -> tuple[Tensor, Tensor]:
