@@ -66,7 +66,6 @@ from torch.utils.hooks import RemovableHandle
 from ..errors import UnsupportedLayerError
 from ..layers.norm import batch_stats, std_of
 from . import darknet_order as order
-from .conv_tail import ConvTail
 
 MODES = ("exact", "autograd")
 
@@ -298,6 +297,7 @@ class DarknetBackward:
         self.handles: list[RemovableHandle] = []
         #: exact mode: bias parameter -> its per-image gradient sums of the last backward
         self.bias_parts: dict[Tensor, Tensor] = {}
+        from .conv_tail import ConvTail   # here: numba loads when a model trains, not on import
         fn = darknet_bn if mode == "exact" else None
         bias_fn = _BiasSum(self.bias_parts) if mode == "exact" else None
         for layer in model.module_list:
