@@ -15,48 +15,8 @@ from darknet_py import Darknet, Trainer
 from darknet_py.errors import TrainingError
 from darknet_py.train import amp as amp_mod
 from darknet_py.train.amp import LossScale
+from tests.test_train_distributed import CFG  # a 2-image, 32x32 [yolo] network
 
-CFG = """[net]
-batch=2
-subdivisions=1
-width=32
-height=32
-channels=3
-learning_rate=0.001
-momentum=0.9
-decay=0.0005
-max_batches=10
-policy=constant
-
-[convolutional]
-batch_normalize=1
-filters=8
-size=3
-stride=1
-pad=1
-activation=leaky
-
-[maxpool]
-size=2
-stride=2
-
-[convolutional]
-size=1
-stride=1
-pad=1
-filters=21
-activation=linear
-
-[yolo]
-mask=0,1,2
-anchors=8,8, 16,16, 24,24
-classes=2
-num=3
-jitter=0
-ignore_thresh=.7
-truth_thresh=1
-random=0
-"""
 
 
 def _batch():

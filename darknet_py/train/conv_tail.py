@@ -96,7 +96,7 @@ class _TailFunction(torch.autograd.Function):
             c1, c2, c0 = order.bn_backward_factors(torch.from_numpy(s_d), torch.from_numpy(s_dxc),
                                                    var, n, tail.dialect)
             dx, dxr = _empty_like_rows(x)
-            kernels.exact_dx(*args, _np(c1), _np(c2), _np(c0), dxr)
+            kernels.dx(*args, _np(scales), _np(c1), _np(c2), _np(c0), dxr)
             return dx, g_scales, g_bias, None
         s1, s2 = (torch.from_numpy(a) for a in kernels.grad_sums(*args))
         s = std.to(F64)
@@ -113,7 +113,7 @@ class _TailFunction(torch.autograd.Function):
         b = -sc * ds * 2.0 / ((n - 1) * s * s) * s2
         c0 = -a * s1 / n
         dx, dxr = _empty_like_rows(x)
-        kernels.affine_dx(*args, _np(a), _np(b), _np(c0), dxr)
+        kernels.dx(*args, np.ones(scales.shape[0], np.float32), _np(a), _np(b), _np(c0), dxr)
         return dx, g_scales, g_bias, None
 
 

@@ -151,13 +151,15 @@ if numba is not None:
         return bsum, s_xh, s_d, s_dxc
 
     @_pjit
-    def exact_dx(g, x, mean, std, scales, bias, act_grad, c1, c2, c0, out):
-        """``normalize_delta_cpu``: ``(float)(dxh*c1 + c0 + xc*c2)`` in double (c*: float64)."""
+    def dx(g, x, mean, std, scales, bias, act_grad, q, c1, c2, c0, out):
+        """``dx = (float)(float(gz*q)*c1 + c0 + xc*c2)`` in double (c*: float64), row-parallel.
+        Exact mode: ``q = scales`` (darknet's ``dxh``, rounded to float) and
+        ``normalize_delta_cpu``'s factors; autograd mode: ``q = 1``."""
         m_rows, c = x.shape
         for m in prange(m_rows):
             for k in range(c):
                 xc, xh, z = _pre(x[m, k], mean[k], std[k], scales[k], bias[k])
-                dxh = act_grad(z, g[m, k]) * scales[k]
+                dxh = act_grad(z, g[m, k]) * q[k]
                 a = np.float64(dxh) * c1[k] + c0[k]
                 out[m, k] = np.float32(a + np.float64(xc) * c2[k])
 
@@ -177,13 +179,3 @@ if numba is not None:
                     part[b, 0, k] += gz
                     part[b, 1, k] += gz * np.float64(xc)
         return part[:, 0].sum(axis=0), part[:, 1].sum(axis=0)
-
-    @_pjit
-    def affine_dx(g, x, mean, std, scales, bias, act_grad, a, b, c0, out):
-        """``dx = gz*a + (x - mean)*b + c0`` per channel (float64 factors), row-parallel."""
-        m_rows, c = x.shape
-        for m in prange(m_rows):
-            for k in range(c):
-                xc, xh, z = _pre(x[m, k], mean[k], std[k], scales[k], bias[k])
-                gz = act_grad(z, g[m, k])
-                out[m, k] = np.float32(np.float64(gz) * a[k] + np.float64(xc) * b[k] + c0[k])
