@@ -23,8 +23,9 @@ The backward:
   ``S2 = sum(gz*xc)``: ``d bias = S1``, ``d scales = S2/s`` and
   ``dx = (scales/s)*(gz - S1/N) - scales*s'(v)*2/((N-1)*s^2)*S2*xc``.
 
-The tensors are channels-last (``[N*H*W, C]`` rows, :mod:`.kernels`); an NCHW
-input is copied to that layout first.
+The tensors are channels-last (``[N*H*W, C]`` rows, :mod:`.kernels`): the tail
+serves channels-last convolution outputs only (an incoming gradient in another
+layout is copied to it).
 """
 from __future__ import annotations
 
@@ -35,21 +36,22 @@ from torch import Tensor
 from ..layers.norm import std_of, update_rolling
 from . import darknet_order as order
 from . import kernels
+from .darknet_grad import add_bias_rows
 
 F64 = torch.float64
 
 
-def _rows(t: Tensor) -> tuple[Tensor, np.ndarray]:
-    """(the channels-last tensor, its float32 ``[N*H*W, C]`` numpy view)."""
-    t = t.detach().contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t.detach()
-    n, c = t.shape[0], t.shape[1]
-    moved = t.movedim(1, -1) if t.dim() > 2 else t
-    return t, moved.reshape(-1, c).numpy()
+def _rows(t: Tensor) -> np.ndarray:
+    """The float32 ``[N*H*W, C]`` numpy view of Tensor[N, C, H, W] (copied to
+    channels-last first if it is not)."""
+    t = t.detach().contiguous(memory_format=torch.channels_last)
+    return t.movedim(1, -1).reshape(-1, t.shape[1]).numpy()
 
 
 def _empty_like_rows(t: Tensor) -> tuple[Tensor, np.ndarray]:
-    out = torch.empty_like(t, memory_format=torch.channels_last) if t.dim() == 4 else torch.empty_like(t)
-    return _rows(out)
+    """(a new channels-last tensor shaped like ``t``, its rows view)."""
+    out = torch.empty_like(t, memory_format=torch.channels_last)
+    return out, _rows(out)
 
 
 def _np(t: Tensor) -> np.ndarray:
@@ -63,7 +65,7 @@ class _TailFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, scales: Tensor, biases: Tensor, tail: "ConvTail"):  # type: ignore[override]
         kernels.set_threads(torch.get_num_threads())
-        x, xr = _rows(x)
+        xr = _rows(x)
         count = xr.shape[0]
         mean, var = kernels.stats(xr, np.float32(1.0 / count), np.float32(1.0 / (count - 1)))
         mean_t, var_t = torch.from_numpy(mean), torch.from_numpy(var)
@@ -81,15 +83,13 @@ class _TailFunction(torch.autograd.Function):
         kernels.set_threads(torch.get_num_threads())
         x, mean, var, std, scales, biases = ctx.saved_tensors
         tail: ConvTail = ctx.tail
-        _, xr = _rows(x)
-        _, gr = _rows(gy)
+        xr, gr = _rows(x), _rows(gy)
         args = (gr, xr, _np(mean), _np(std), _np(scales), _np(biases), tail.act_grad)
         n = xr.shape[0]
         if tail.mode == "exact":
             bsum, s_xh, s_d, s_dxc = kernels.exact_sums(*args, ctx.images)
             per_image = torch.from_numpy(bsum)
-            old = tail.parts.get(biases)  # a shared bias gets both backwards' rows
-            tail.parts[biases] = per_image if old is None else torch.cat([old, per_image])
+            add_bias_rows(tail.parts, biases, per_image)
             g_bias, g_scales = per_image.sum(0), torch.from_numpy(s_xh)
             if not ctx.needs_input_grad[0]:
                 return None, g_scales, g_bias, None

@@ -166,11 +166,16 @@ class DarknetBias(torch.autograd.Function):
         if not order.applies(g):            # CUDA: torch's sum, no order to keep
             return g, g.flatten(2).sum((0, 2)), None
         per_image = order.image_channel_sums(g)
-        # a bias shared by two layers (share_index) gets both backwards' rows, in the
-        # order they run (darknet's: the later layer first)
-        old = ctx.parts.get(ctx.key)
-        ctx.parts[ctx.key] = per_image if old is None else torch.cat([old, per_image])
+        add_bias_rows(ctx.parts, ctx.key, per_image)
         return g, per_image.sum(0), None   # the Trainer adds the rows themselves
+
+
+def add_bias_rows(parts: dict, biases: Tensor, per_image: Tensor) -> None:
+    """Leave a backward's per-image bias sums Tensor[N, C] in ``parts[biases]`` for the
+    Trainer.  A bias shared by two layers (share_index) gets both backwards' rows, in
+    the order they run (darknet's: the later layer first)."""
+    old = parts.get(biases)
+    parts[biases] = per_image if old is None else torch.cat([old, per_image])
 
 
 class _BiasSum:

@@ -53,9 +53,9 @@ from torch import Tensor
 
 from ..errors import CfgError, CheckpointError, DataError, TrainingError, UnsupportedLayerError
 from . import distributed as ddp
+from .amp import AMP_DTYPES, LossScale
 from .darknet_grad import MODES, head_backward, install
 from .schedule import LRSchedule, check_net_keys, get_lr
-from .amp import AMP_DTYPES, LossScale
 from .update import DECAYED, darknet_update_, layer_rate
 
 f32 = np.float32
@@ -130,12 +130,12 @@ class Trainer:
                  stopbackward: int | None = None, amp: bool = False):
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
-        self.amp = LossScale() if amp else None
-        if amp:
-            _check_amp(mode, _model_device(model))
         net = model.net
         self.model = model
         self.mode = mode
+        self.amp = LossScale() if amp else None
+        if amp:
+            _check_amp(mode, self._device())
         self.dialect = model.dialect
         check_net_keys(net, self.dialect)
         batch = int(batch if batch is not None else net["batch"])
@@ -419,11 +419,6 @@ class Trainer:
             h.remove()
         self._hooks = []
         self.backward.remove()
-
-
-def _model_device(model) -> torch.device:
-    p = next(iter(model.parameters()), None)
-    return p.device if p is not None else torch.device("cpu")
 
 
 def _check_amp(mode: str, device: torch.device) -> None:
